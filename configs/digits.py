@@ -1,0 +1,26 @@
+r"""Supervised training on the embedded handwritten digits (or MNIST / CIFAR-10 by name).
+
+Variants (`--config=configs/digits.py:VARIANT`): mlp (default), cnn.
+
+  python -m ptft_jax.main --config=configs/digits.py:cnn --workdir=runs/digits_cnn
+
+Expected (measured on the 2-core CPU): see README, "Configs".
+"""
+
+from ptft_jax.defaults import base_config
+
+
+def get_config(arg: str = "mlp"):
+  c = base_config()
+  if arg == "cnn":
+    c.model.name = "cnn"
+    del c.model["hidden_sizes"]
+    c.model.channels = (32, 64)
+    c.model.dense_sizes = (128,)
+  elif arg != "mlp":
+    raise ValueError(f"unknown variant {arg!r}; choose mlp or cnn")
+  c.train.steps = 600
+  c.train.eval_every = 100
+  c.train.log_every = 50
+  c.train.checkpoint_every = 300
+  return c

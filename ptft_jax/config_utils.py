@@ -1,0 +1,79 @@
+"""Config helpers: JSON round trip, the workdir's saved config, default fields."""
+
+import difflib
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from ptft_jax.errors import ConfigError
+
+CONFIG_FILE = "config.json"
+
+
+def to_dict(config: Any) -> Any:
+  """A plain JSON-able structure (dicts, lists, scalars) from a ConfigDict."""
+  if isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+    return {k: to_dict(v) for k, v in config.items()}
+  if isinstance(config, dict):
+    return {k: to_dict(v) for k, v in config.items()}
+  if isinstance(config, (list, tuple)):
+    return [to_dict(v) for v in config]
+  return config
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _diff(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
+    return out
+  return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str):
+  """Writes `<workdir>/config.json`, or checks it equals the run already there.
+
+  Resuming needs the same config; a different one would silently mix two
+  experiments in one workdir, so it is an error (keys that may change on resume,
+  like `train.steps`, are listed in `config.resumable_keys`).
+  """
+  new = to_dict(config)
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    allowed = set(new.get("resumable_keys", ())) | {"resumable_keys"}
+    changes = [c for c in _diff(old, new) if c.split(":")[0] not in allowed]
+    if changes:
+      raise ConfigError(
+          f"workdir {workdir} holds a run with a different config ({'; '.join(changes[:5])}); "
+          "use a new --workdir, or delete the old run")
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(new, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def suggest_key(config: ml_collections.ConfigDict, dotted: str) -> str:
+  """'did you mean optim.lr?' for a mistyped dotted key, or ''."""
+  keys = list(_flat_keys(config))
+  close = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.6)
+  if not close:
+    last = dotted.split(".")[-1]
+    close = [k for k in keys if k.split(".")[-1] == last][:1] or difflib.get_close_matches(
+        last, [k.split(".")[-1] for k in keys], n=1)
+    close = [k for k in keys if close and k.split(".")[-1] == close[0].split(".")[-1]][:1]
+  return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _flat_keys(config, prefix=""):
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _flat_keys(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}"

@@ -1,0 +1,65 @@
+"""Shared config defaults. Config files in configs/ start from `base_config()`."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a run reads, with defaults; config files override what they need."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "digits"
+  c.data.data_dir = ""  # "" -> $PTFT_DATA_DIR or ~/.cache/ptft_jax/datasets
+  c.data.train_split = "train"
+  c.data.batch_size = 64  # global, over all processes and devices
+  c.data.eval_batch_size = 128
+  c.data.label_fraction = 1.0  # < 1: a stratified subset of the train labels
+  c.data.label_fraction_seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mlp"
+  c.model.hidden_sizes = (256, 128)
+  c.model.dropout_rate = 0.0
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "classification"
+  c.task.label_smoothing = 0.0
+  c.task.head_hidden_sizes = ()
+  c.task.head_dropout_rate = 0.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"  # adamw | sgd
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 50
+  c.optim.decay = "cosine"  # cosine | linear | constant
+  c.optim.end_lr_factor = 0.0
+  c.optim.weight_decay = 1e-4
+  c.optim.weight_decay_mask = r".*/kernel"  # fullmatch on the param path
+  c.optim.grad_clip_norm = 1.0  # 0 disables
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.momentum = 0.9  # sgd only
+  c.optim.nesterov = False
+  # Ordered (regex, settings) parameter groups; first fullmatch wins. Settings:
+  # frozen, lr, lr_mult, weight_decay. Example: [("backbone/.*", {"frozen": True})]
+  c.optim.groups = []
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.log_every = 50
+  c.train.eval_every = 200  # 0 disables periodic evaluation
+  c.train.checkpoint_every = 500
+  c.train.keep = 3
+  c.train.tensorboard = True
+
+  c.init = ml_collections.ConfigDict()
+  c.init.pretrained_workdir = ""  # a ptft_jax run (or converted model) to load from
+  c.init.load = ["backbone/.*"]  # fullmatch patterns of params to load
+  c.init.skip = ["heads/.*"]  # ...and to leave freshly initialized
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.eval_splits = ("validation", "test")
+  c.resumable_keys = ("train.steps",)  # may change when resuming in the same workdir
+  return c

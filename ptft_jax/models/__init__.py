@@ -1,0 +1,38 @@
+"""Model families. `build_model(config, heads)` picks a backbone by `config.model.name`."""
+
+import flax.linen as nn
+import ml_collections
+
+from ptft_jax.errors import ConfigError
+from ptft_jax.models.base import Model
+from ptft_jax.models.cnn import CnnBackbone
+from ptft_jax.models.heads import ClassifierHead, DecoderHead, ProjectionHead
+from ptft_jax.models.mlp import MlpBackbone
+
+BACKBONES = {"mlp": MlpBackbone, "cnn": CnnBackbone}
+
+
+def build_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """Instantiates `BACKBONES[model_config.name]` with the remaining keys as arguments."""
+  name = model_config.name
+  if name not in BACKBONES:
+    raise ConfigError(
+        f"config.model.name: unknown model {name!r}; choose one of {sorted(BACKBONES)}")
+  kwargs = {k: v for k, v in model_config.items() if k != "name"}
+  for k, v in kwargs.items():
+    if isinstance(v, list):
+      kwargs[k] = tuple(v)
+  try:
+    return BACKBONES[name](**kwargs)
+  except TypeError as e:
+    raise ConfigError(f"config.model: bad keys for model {name!r}: {e}") from None
+
+
+def build_model(model_config: ml_collections.ConfigDict, heads: dict[str, nn.Module]) -> Model:
+  return Model(backbone=build_backbone(model_config), heads=heads)
+
+
+__all__ = [
+    "BACKBONES", "ClassifierHead", "CnnBackbone", "DecoderHead", "MlpBackbone", "Model",
+    "ProjectionHead", "build_backbone", "build_model",
+]

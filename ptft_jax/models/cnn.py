@@ -1,0 +1,33 @@
+"""A small convolutional backbone: [conv-relu-maxpool] x n, then dense layers."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class CnnBackbone(nn.Module):
+  """Conv (3x3, 'SAME') + ReLU + 2x2 max-pool per entry of `channels`, then Dense+ReLU.
+
+  Input `batch["image"]` [batch, h, w, c]; returns `{"features": [batch, dense_sizes[-1]]}`
+  (or the flattened conv map when `dense_sizes` is empty).
+  """
+
+  channels: Sequence[int] = (32, 64)
+  dense_sizes: Sequence[int] = (128,)
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, batch, *, train: bool) -> dict[str, jax.Array]:
+    x = batch["image"]
+    for i, ch in enumerate(self.channels):
+      x = nn.relu(nn.Conv(ch, (3, 3), padding="SAME", name=f"conv_{i}")(x))
+      # Pool only while the map is large enough; digits are 8x8.
+      if min(x.shape[1:3]) >= 2:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = jnp.reshape(x, (x.shape[0], -1))
+    for i, width in enumerate(self.dense_sizes):
+      x = nn.relu(nn.Dense(width, name=f"dense_{i}")(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return {"features": x}

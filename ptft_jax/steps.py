@@ -1,0 +1,86 @@
+"""The compiled pieces: state init, train step, eval step. Pure functions over a state dict.
+
+The train state is a plain dict:
+  {"step": int32[], "params": ..., "model_state": {collection: ...},
+   "opt_state": ..., "rng": uint32[2]}
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def init_variables(model: nn.Module, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
+  """Returns (params, model_state) for `model` on an example `batch`."""
+  params_rng, dropout_rng = jax.random.split(rng)
+  variables = model.init(
+      {"params": params_rng, "dropout": dropout_rng}, batch, train=False)
+  variables = dict(variables)
+  params = variables.pop("params")
+  return params, variables
+
+
+def make_train_step(
+    model: nn.Module, task: Any, tx: optax.GradientTransformation, *,
+    heads: Sequence[str] | None = None, trainable: Any = None,
+) -> Callable[[dict, dict], tuple[dict, dict]]:
+  """Builds `train_step(state, batch) -> (state, metrics)`; jit it (donate the state).
+
+  Args:
+    model: a `Model` (backbone + heads).
+    task: provides `inputs(batch, rng, train)` and `loss(outputs, inputs, batch)`.
+    tx: the optax transformation (param groups already inside).
+    heads: heads to run (default: the task's head).
+    trainable: optional bool tree over params; the reported gradient norm
+      covers only these leaves, so frozen leaves' gradients stay dead code.
+  """
+  heads = tuple(heads or (task.head_name,))
+
+  def train_step(state, batch):
+    rng, step_rng = jax.random.split(state["rng"])
+    inputs_rng, dropout_rng = jax.random.split(step_rng)
+    model_state = state["model_state"]
+
+    def loss_fn(params):
+      inputs = task.inputs(batch, inputs_rng, True)
+      variables = {"params": params, **model_state}
+      mutable = list(model_state) or False
+      out = model.apply(variables, inputs, train=True, heads=heads,
+                        rngs={"dropout": dropout_rng}, mutable=mutable)
+      outputs, new_model_state = out if mutable else (out, model_state)
+      loss, metrics = task.loss(outputs, inputs, batch)
+      return loss, (metrics, new_model_state)
+
+    (loss, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    if trainable is None:
+      grad_leaves = jax.tree_util.tree_leaves(grads)
+    else:
+      grad_leaves = [g for g, t in zip(jax.tree_util.tree_leaves(grads),
+                                       jax.tree_util.tree_leaves(trainable), strict=True) if t]
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grad_leaves)}
+    new_state = {"step": state["step"] + 1, "params": params, "model_state": new_model_state,
+                 "opt_state": opt_state, "rng": rng}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, task: Any, *, heads: Sequence[str] | None = None):
+  """Builds `eval_step(params, model_state, batch) -> per-example outputs` (see tasks.py)."""
+  heads = tuple(heads or (task.head_name,))
+
+  def eval_step(params, model_state, batch):
+    inputs = task.inputs(batch, jax.random.PRNGKey(0), False)
+    outputs = model.apply({"params": params, **model_state}, inputs, train=False, heads=heads)
+    out = task.eval_outputs(outputs, inputs, batch)
+    out["valid"] = batch.get("valid", jnp.ones(batch[next(iter(batch))].shape[:1], bool))
+    return out
+
+  return eval_step

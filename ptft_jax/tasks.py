@@ -1,0 +1,148 @@
+"""Tasks: what a stage trains for. A task names its heads, builds its inputs, and scores outputs.
+
+Every task is a frozen dataclass with the same three pure methods, so one
+train step serves pretraining and fine-tuning alike:
+
+  inputs(batch, rng, train) -> model inputs (device-side augmentation / corruption)
+  loss(outputs, inputs, batch) -> (scalar loss, {metric: scalar})
+  eval_outputs(outputs, inputs, batch) -> {name: [batch, ...]} per-example values
+                                           that the host aggregates (see metrics.py)
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ptft_jax import augment, losses
+from ptft_jax.errors import ConfigError
+from ptft_jax.models import heads as heads_lib
+
+Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+  """Fine-tuning: softmax cross-entropy on `batch["label"]` with optional label smoothing."""
+
+  num_classes: int
+  label_smoothing: float = 0.0
+  augment: dict = dataclasses.field(default_factory=dict)
+  head_name: str = "classifier"
+  kind: str = "classification"
+
+  def inputs(self, batch: Batch, rng: jax.Array, train: bool) -> Batch:
+    if train and self.augment:
+      return {**batch, "image": augment.augment_images(rng, batch["image"], **self.augment)}
+    return batch
+
+  def loss(self, outputs, inputs, batch):
+    logits = outputs[self.head_name]
+    per_example = losses.softmax_cross_entropy(
+        logits, batch["label"], label_smoothing=self.label_smoothing)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return jnp.mean(per_example), {"accuracy": accuracy}
+
+  def eval_outputs(self, outputs, inputs, batch):
+    logits = outputs[self.head_name]
+    return {
+        "loss": losses.softmax_cross_entropy(logits, batch["label"]),
+        "prediction": jnp.argmax(logits, -1),
+        "label": batch["label"],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoisingAutoencoder:
+  """Pretraining: reconstruct the clean image from a corrupted one (per-pixel MSE)."""
+
+  noise: float = 0.2
+  dropout: float = 0.3
+  head_name: str = "decoder"
+  kind: str = "autoencoder"
+
+  def inputs(self, batch: Batch, rng: jax.Array, train: bool) -> Batch:
+    if not train:
+      return batch
+    corrupted = augment.augment_images(
+        rng, batch["image"], noise=self.noise, dropout=self.dropout)
+    return {**batch, "image": corrupted}
+
+  def loss(self, outputs, inputs, batch):
+    mse = jnp.mean(losses.mean_squared_error(outputs[self.head_name], batch["image"]))
+    return mse, {"mse": mse}
+
+  def eval_outputs(self, outputs, inputs, batch):
+    mse = losses.mean_squared_error(outputs[self.head_name], batch["image"])
+    return {"loss": mse, "mse": mse}
+
+
+@dataclasses.dataclass(frozen=True)
+class Contrastive:
+  """Pretraining: SimCLR. Two augmented views per image, NT-Xent on the projections.
+
+  Both views go through the model in one call ([2 * batch, ...]) so batch
+  statistics (BatchNorm) see the same mixed batch as in SimCLR.
+  """
+
+  temperature: float = 0.1
+  augment: dict = dataclasses.field(
+      default_factory=lambda: {"max_shift": 1, "noise": 0.1, "dropout": 0.2, "jitter": 0.2})
+  head_name: str = "projection"
+  kind: str = "contrastive"
+
+  def inputs(self, batch: Batch, rng: jax.Array, train: bool) -> Batch:
+    k1, k2 = jax.random.split(rng)
+    images = batch["image"]
+    view1 = augment.augment_images(k1, images, **self.augment)
+    view2 = augment.augment_images(k2, images, **self.augment)
+    return {"image": jnp.concatenate([view1, view2], axis=0)}
+
+  def _per_example(self, outputs):
+    z1, z2 = jnp.split(outputs[self.head_name], 2, axis=0)
+    return losses.nt_xent(z1, z2, temperature=self.temperature), z1, z2
+
+  def loss(self, outputs, inputs, batch):
+    per_example, z1, z2 = self._per_example(outputs)
+    # Top-1 retrieval accuracy of the positive view: a cheap health signal.
+    z1 = z1 / jnp.linalg.norm(z1, axis=-1, keepdims=True)
+    z2 = z2 / jnp.linalg.norm(z2, axis=-1, keepdims=True)
+    retrieval = jnp.mean(jnp.argmax(z1 @ z2.T, -1) == jnp.arange(z1.shape[0]))
+    return jnp.mean(per_example), {"view_retrieval": retrieval}
+
+  def eval_outputs(self, outputs, inputs, batch):
+    per_example, _, _ = self._per_example(outputs)
+    return {"loss": per_example}
+
+
+TASKS = ("classification", "autoencoder", "contrastive")
+
+
+def build_task(config: ml_collections.ConfigDict, info: Any) -> tuple[Any, dict[str, nn.Module]]:
+  """Returns (task, heads) for `config.task` and the dataset's `info`."""
+  tc = config.task
+  name = tc.name
+  if name == "classification":
+    task = Classification(
+        num_classes=info.num_classes, label_smoothing=tc.get("label_smoothing", 0.0),
+        augment=dict(tc.get("augment", {})))
+    head = heads_lib.ClassifierHead(
+        num_classes=info.num_classes, hidden_sizes=tuple(tc.get("head_hidden_sizes", ())),
+        dropout_rate=tc.get("head_dropout_rate", 0.0))
+  elif name == "autoencoder":
+    task = DenoisingAutoencoder(noise=tc.get("noise", 0.2), dropout=tc.get("dropout", 0.3))
+    head = heads_lib.DecoderHead(
+        output_shape=tuple(info.image_shape),
+        hidden_sizes=tuple(tc.get("head_hidden_sizes", ())))
+  elif name == "contrastive":
+    task = Contrastive(
+        temperature=tc.get("temperature", 0.1),
+        augment=dict(tc.get("augment", Contrastive().augment)))
+    head = heads_lib.ProjectionHead(
+        hidden_size=tc.get("projection_hidden", 128), out_dim=tc.get("projection_dim", 64))
+  else:
+    raise ConfigError(f"config.task.name: unknown task {name!r}; choose one of {TASKS}")
+  return task, {task.head_name: head}
