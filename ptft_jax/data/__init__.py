@@ -1,0 +1,19 @@
+"""Offline image data: TFDS sources, Grain pipelines, embedded `digits` dataset."""
+
+from ptft_jax.data.pipeline import (
+    eval_batches,
+    iterator_restore_args,
+    iterator_save_args,
+    train_iterator,
+)
+from ptft_jax.data.sources import DatasetInfo, dataset_info, default_data_dir
+
+__all__ = [
+    "DatasetInfo",
+    "dataset_info",
+    "default_data_dir",
+    "eval_batches",
+    "iterator_restore_args",
+    "iterator_save_args",
+    "train_iterator",
+]

@@ -1,0 +1,1 @@
+"""TFDS builders for datasets embedded in ptft_jax (prepared offline)."""

@@ -1,0 +1,148 @@
+"""Grain input pipelines: infinite shuffled training batches and padded eval passes.
+
+Batches are per process: `global_batch_size // process_count` rows, process
+`i` reading shard `i` (by default `jax.process_index()` of
+`jax.process_count()`).
+
+Train iterators are Grain `DataLoaderIterator`s; save them beside the train
+state in one Orbax checkpoint:
+
+  mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=iterator_save_args(it)))
+  mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(state), data=iterator_restore_args(it)))
+
+After the restore `it` yields exactly the batch that followed the save.
+"""
+
+import math
+from collections.abc import Iterator
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import flags
+
+from ptft_jax.data.sources import open_split
+from ptft_jax.data.subset import Subset, stratified_subset
+from ptft_jax.data.transforms import ToExample, pad_batch, to_example
+from ptft_jax.errors import ConfigError, DataError
+
+
+def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+  """Returns (index, count): the JAX process unless both are given (tests, simulations)."""
+  if shard_index is None and shard_count is None:
+    return jax.process_index(), jax.process_count()
+  if shard_index is None or shard_count is None or not 0 <= shard_index < shard_count:
+    raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")
+  return shard_index, shard_count
+
+
+def _per_process_batch(global_batch_size: int, shard_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % shard_count:
+    raise ConfigError(f"global_batch_size={global_batch_size} must be a positive multiple "
+                      f"of the number of processes ({shard_count})")
+  return global_batch_size // shard_count
+
+
+def _labels(dataset: str, split: str, data_dir: str | None) -> np.ndarray:
+  """int64 [n]: the label of every example of the split (images are not decoded)."""
+  source = open_split(dataset, split, data_dir, labels_only=True)
+  return np.array([source[i]["label"] for i in range(len(source))], np.int64)
+
+
+def train_iterator(
+    dataset: str, *, split: str = "train", data_dir: str | None = None,
+    global_batch_size: int, seed: int, label_fraction: float = 1.0,
+    label_fraction_seed: int = 0, worker_count: int = 0,
+    shard_index: int | None = None, shard_count: int | None = None,
+) -> grain.DataLoaderIterator:
+  """Infinite, seeded, shuffled batches of this process's shard of `split`.
+
+  Args:
+    dataset: TFDS name ("digits" is prepared on first use; others must exist).
+    split: split to train on.
+    data_dir: TFDS data directory; `$PTFT_DATA_DIR` or ~/.cache/ptft_jax/datasets.
+    global_batch_size: batch size summed over processes.
+    seed: shuffling seed in [0, 2**32).
+    label_fraction: keep this stratified fraction of the split, in (0, 1].
+    label_fraction_seed: which examples are kept; independent of `seed`.
+    worker_count: Grain worker processes (0: read in this process).
+    shard_index: overrides `jax.process_index()` (with `shard_count`).
+    shard_count: overrides `jax.process_count()` (with `shard_index`).
+
+  Returns:
+    A checkpointable iterator of {"image": float32 [b, h, w, c] in [0, 1],
+    "label": int32 [b]} with b = global_batch_size // shard_count. Epochs
+    run into each other; every epoch is a fresh permutation.
+  """
+  if not 0 < label_fraction <= 1:
+    raise DataError(f"label_fraction={label_fraction} for dataset {dataset!r} must be in (0, 1]")
+  if not 0 <= seed < 2**32:
+    raise ConfigError(f"data seed {seed} must be in [0, 2**32)")
+  shard_index, shard_count = _shard(shard_index, shard_count)
+  batch_size = _per_process_batch(global_batch_size, shard_count)
+  source = open_split(dataset, split, data_dir)
+  if label_fraction < 1:
+    labels = _labels(dataset, split, data_dir)
+    source = Subset(source, stratified_subset(labels, label_fraction, label_fraction_seed))
+  if worker_count > 0 and not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # Grain's workers read absl flags; default them.
+  loader = grain.DataLoader(
+      data_source=source,
+      sampler=grain.samplers.IndexSampler(
+          num_records=len(source), shuffle=True, seed=seed, num_epochs=None),
+      operations=[ToExample(), grain.transforms.Batch(batch_size, drop_remainder=True)],
+      worker_count=worker_count,
+      shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
+  )
+  return iter(loader)
+
+
+def eval_batches(
+    dataset: str, *, split: str, data_dir: str | None = None, global_batch_size: int,
+    shard_index: int | None = None, shard_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """One ordered pass over this process's contiguous part of `split`.
+
+  Every process yields the same number of batches, all of the same shape, so
+  a jitted (or multi-host) eval step never retraces or hangs; padding rows are
+  zeros with valid=False. Over all processes the valid rows are the split,
+  each example exactly once.
+
+  Args:
+    dataset: TFDS name.
+    split: split to evaluate.
+    data_dir: TFDS data directory; `$PTFT_DATA_DIR` or ~/.cache/ptft_jax/datasets.
+    global_batch_size: batch size summed over processes.
+    shard_index: overrides `jax.process_index()` (with `shard_count`).
+    shard_count: overrides `jax.process_count()` (with `shard_index`).
+
+  Returns:
+    Iterator of {"image": float32 [b, h, w, c], "label": int32 [b], "valid": bool [b]}.
+  """
+  shard_index, shard_count = _shard(shard_index, shard_count)
+  batch_size = _per_process_batch(global_batch_size, shard_count)
+  source = open_split(dataset, split, data_dir)
+  rows = np.array_split(np.arange(len(source)), shard_count)[shard_index]
+  largest_shard = math.ceil(len(source) / shard_count)
+  num_batches = math.ceil(largest_shard / batch_size)  # The same on every process.
+  template = to_example(source[0])
+
+  def read(k: int) -> dict[str, np.ndarray]:
+    chunk = rows[k * batch_size:(k + 1) * batch_size]
+    return pad_batch([to_example(source[int(i)]) for i in chunk], batch_size, template)
+
+  batches = grain.MapDataset.range(num_batches).map(read)
+  return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)))
+
+
+def iterator_save_args(iterator: grain.DataLoaderIterator) -> ocp.args.CheckpointArgs:
+  """Orbax args that save `iterator`'s position (one JSON file per process)."""
+  return grain.checkpoint.CheckpointSave(iterator)
+
+
+def iterator_restore_args(iterator: grain.DataLoaderIterator) -> ocp.args.CheckpointArgs:
+  """Orbax args that restore a saved position into `iterator` (in place)."""
+  return grain.checkpoint.CheckpointRestore(iterator)
