@@ -99,7 +99,8 @@ def load_params(workdir: str, *, step: int | None = None, sharding=None) -> tupl
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise CheckpointError(
-        f"no checkpoints in {workdir!r} (expected {directory}); check config.init.pretrained_workdir")
+        f"no checkpoints in {workdir!r} (expected {directory}); "
+        "check config.init.pretrained_workdir")
   manager = make_manager(workdir, read_only=True)
   step = manager.latest_step() if step is None else step
   if step is None:

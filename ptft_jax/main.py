@@ -20,7 +20,12 @@ _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors
 
 def _main(argv):
   del argv
+  from absl import logging as absl_logging
+
   from ptft_jax import train  # late import: flag errors should not wait for jax
+
+  # Orbax and TFDS log every file they touch at INFO; keep the console to our lines.
+  absl_logging.set_verbosity(absl_logging.INFO if _DEBUG.value else absl_logging.WARNING)
 
   if not _WORKDIR.value:
     raise SystemExit("error: --workdir is required")

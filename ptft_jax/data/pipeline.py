@@ -15,6 +15,7 @@ state in one Orbax checkpoint:
 After the restore `it` yields exactly the batch that followed the save.
 """
 
+import functools
 import math
 from collections.abc import Iterator
 
@@ -25,7 +26,7 @@ import orbax.checkpoint as ocp
 from absl import flags
 
 from ptft_jax.data.sources import open_split
-from ptft_jax.data.subset import Subset, stratified_subset
+from ptft_jax.data.subset import InMemory, Subset, stratified_subset
 from ptft_jax.data.transforms import ToExample, pad_batch, to_example
 from ptft_jax.errors import ConfigError, DataError
 
@@ -44,6 +45,17 @@ def _per_process_batch(global_batch_size: int, shard_count: int) -> int:
     raise ConfigError(f"global_batch_size={global_batch_size} must be a positive multiple "
                       f"of the number of processes ({shard_count})")
   return global_batch_size // shard_count
+
+
+# Splits whose raw images take at most this many bytes are read once and kept in memory.
+IN_MEMORY_BYTES = 512 * 2**20
+
+
+def _open(dataset: str, split: str, data_dir: str | None):
+  source = open_split(dataset, split, data_dir)
+  if len(source) and np.asarray(source[0]["image"]).nbytes * len(source) <= IN_MEMORY_BYTES:
+    return InMemory(source, f"{dataset}/{split}")
+  return source
 
 
 def _labels(dataset: str, split: str, data_dir: str | None) -> np.ndarray:
@@ -83,10 +95,12 @@ def train_iterator(
     raise ConfigError(f"data seed {seed} must be in [0, 2**32)")
   shard_index, shard_count = _shard(shard_index, shard_count)
   batch_size = _per_process_batch(global_batch_size, shard_count)
-  source = open_split(dataset, split, data_dir)
+  source = _open(dataset, split, data_dir)
   if label_fraction < 1:
     labels = _labels(dataset, split, data_dir)
     source = Subset(source, stratified_subset(labels, label_fraction, label_fraction_seed))
+  if worker_count == 0 and _in_memory(source):
+    return _in_memory_iterator(source, seed, batch_size, shard_index, shard_count)
   if worker_count > 0 and not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # Grain's workers read absl flags; default them.
   loader = grain.DataLoader(
@@ -98,6 +112,38 @@ def train_iterator(
       shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
   )
   return iter(loader)
+
+
+def _in_memory(source) -> bool:
+  return isinstance(source, InMemory) or (
+      isinstance(source, Subset) and isinstance(source.source, InMemory))
+
+
+def _in_memory_iterator(source, seed, batch_size, shard_index, shard_count):
+  """Whole batches gathered with one numpy index per batch (no per-record Python work).
+
+  The same kind of stream as the DataLoader path: a fresh seeded permutation
+  per epoch, epochs back to back, record k of the global stream going to
+  process k % shard_count. Batch j is a pure function of (seed, j), so the
+  iterator's checkpoint state is just its position (a Grain DatasetIterator,
+  saved with the same Orbax args).
+  """
+  n = len(source)
+  global_batch = batch_size * shard_count
+
+  @functools.lru_cache(maxsize=4)
+  def permutation(epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+  def batch(j: int) -> dict[str, np.ndarray]:
+    positions = j * global_batch + shard_index + shard_count * np.arange(batch_size)
+    epochs, offsets = np.divmod(positions, n)
+    rows = np.empty(batch_size, np.int64)
+    for epoch in np.unique(epochs):
+      rows[epochs == epoch] = permutation(int(epoch))[offsets[epochs == epoch]]
+    return source.gather(rows)
+
+  return iter(grain.MapDataset.range(2**62).map(batch).to_iter_dataset())
 
 
 def eval_batches(
@@ -124,7 +170,7 @@ def eval_batches(
   """
   shard_index, shard_count = _shard(shard_index, shard_count)
   batch_size = _per_process_batch(global_batch_size, shard_count)
-  source = open_split(dataset, split, data_dir)
+  source = _open(dataset, split, data_dir)
   rows = np.array_split(np.arange(len(source)), shard_count)[shard_index]
   largest_shard = math.ceil(len(source) / shard_count)
   num_batches = math.ceil(largest_shard / batch_size)  # The same on every process.
@@ -132,6 +178,11 @@ def eval_batches(
 
   def read(k: int) -> dict[str, np.ndarray]:
     chunk = rows[k * batch_size:(k + 1) * batch_size]
+    if isinstance(source, InMemory):  # one gather instead of a Python loop
+      batch = source.gather(np.pad(chunk, (0, batch_size - len(chunk))))
+      valid = np.arange(batch_size) < len(chunk)
+      return {k: np.where(valid.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0) for k, v in
+              batch.items()} | {"valid": valid}
     return pad_batch([to_example(source[int(i)]) for i in chunk], batch_size, template)
 
   batches = grain.MapDataset.range(num_batches).map(read)

@@ -49,5 +49,43 @@ class Subset:
   def __getitem__(self, index: int) -> Any:
     return self._source[int(self._indices[index])]
 
+  @property
+  def source(self) -> Sequence[Any]:
+    return self._source
+
+  def gather(self, indices) -> dict[str, np.ndarray]:
+    return self._source.gather(self._indices[np.asarray(indices)])
+
   def __repr__(self) -> str:
     return f"Subset({self._source!r}, size={len(self)}, fingerprint={self._fingerprint})"
+
+
+class InMemory:
+  """A random-access source whose records were all read once and kept in memory.
+
+  Small datasets (the embedded digits, MNIST) are read record by record from
+  array_record and decoded from PNG on every access otherwise, which costs more
+  than the model's step; this keeps the raw (uint8) arrays instead.
+  """
+
+  def __init__(self, source: Sequence[Any], name: str):
+    records = [source[i] for i in range(len(source))]
+    self._columns = {k: np.stack([np.asarray(r[k]) for r in records]) for k in ("image", "label")}
+    self._name = name
+
+  def __len__(self) -> int:
+    return len(self._columns["label"])
+
+  def __getitem__(self, index: int) -> Any:
+    return {k: v[index] for k, v in self._columns.items()}
+
+  def gather(self, indices) -> dict[str, np.ndarray]:
+    """A whole batch of model inputs: {"image": float32 [b, h, w, c] in [0, 1], "label": int32}."""
+    indices = np.asarray(indices)
+    image = self._columns["image"][indices]
+    scale = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1
+    return {"image": image.astype(np.float32) / np.float32(scale),
+            "label": self._columns["label"][indices].astype(np.int32)}
+
+  def __repr__(self) -> str:
+    return f"InMemory({self._name}, n={len(self)})"
