@@ -167,3 +167,24 @@ def format_report(report: dict[str, list[str]]) -> str:
     paths = report[key]
     lines.append(f"  {key} ({len(paths)}): " + (", ".join(paths) if paths else "-"))
   return "\n".join(lines)
+
+
+def save_pretrained(workdir: str, params: dict, *, config: dict | None = None,
+                    model_state: dict | None = None, step: int = 0) -> str:
+  """Writes `params` as a params-only checkpoint that fine-tuning can name as its pretrained run.
+
+  Used for imported weights (e.g. Hugging Face BERT). Refuses to write into a
+  workdir that already holds checkpoints, so nothing earlier is overwritten.
+  """
+  manager = make_manager(workdir, max_to_keep=1, async_save=False)
+  if manager.latest_step() is not None:
+    raise CheckpointError(
+        f"{checkpoint_dir(workdir)} already holds checkpoints; choose an empty --workdir")
+  items = {
+      "params": ocp.args.StandardSave({"params": params, "model_state": model_state or {}}),
+      "meta": ocp.args.JsonSave({"step": step, "imported": True, "model_config": config or {}}),
+  }
+  manager.save(step, args=ocp.args.Composite(**items))
+  manager.wait_until_finished()
+  manager.close()
+  return checkpoint_dir(workdir)

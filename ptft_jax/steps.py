@@ -34,11 +34,11 @@ def make_train_step(
     model: a `Model` (backbone + heads).
     task: provides `inputs(batch, rng, train)` and `loss(outputs, inputs, batch)`.
     tx: the optax transformation (param groups already inside).
-    heads: heads to run (default: the task's head).
+    heads: heads to run (default: all of the model's heads, which the task chose).
     trainable: optional bool tree over params; the reported gradient norm
       covers only these leaves, so frozen leaves' gradients stay dead code.
   """
-  heads = tuple(heads or (task.head_name,))
+  heads = tuple(heads) if heads else None
 
   def train_step(state, batch):
     rng, step_rng = jax.random.split(state["rng"])
@@ -74,7 +74,7 @@ def make_train_step(
 
 def make_eval_step(model: nn.Module, task: Any, *, heads: Sequence[str] | None = None):
   """Builds `eval_step(params, model_state, batch) -> per-example outputs` (see tasks.py)."""
-  heads = tuple(heads or (task.head_name,))
+  heads = tuple(heads) if heads else None
 
   def eval_step(params, model_state, batch):
     inputs = task.inputs(batch, jax.random.PRNGKey(0), False)

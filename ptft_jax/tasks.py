@@ -6,18 +6,24 @@ train step serves pretraining and fine-tuning alike:
   inputs(batch, rng, train) -> model inputs (device-side augmentation / corruption)
   loss(outputs, inputs, batch) -> (scalar loss, {metric: scalar})
   eval_outputs(outputs, inputs, batch) -> {name: [batch, ...]} per-example values
-                                           that the host aggregates (see metrics.py)
+  summarize(values, info) -> {metric: value}   host-side, over a whole split's values
+
+and two attributes: `head_name` (the head it trains) and `uses_labels` (False
+for pretraining tasks: their batches are stripped of labels before the model
+sees them). New tasks register a builder in `BUILDERS`.
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from ptft_jax import augment, losses
+from ptft_jax import augment, losses, metrics
 from ptft_jax.errors import ConfigError
 from ptft_jax.models import heads as heads_lib
 
@@ -33,6 +39,7 @@ class Classification:
   augment: dict = dataclasses.field(default_factory=dict)
   head_name: str = "classifier"
   kind: str = "classification"
+  uses_labels: bool = True
 
   def inputs(self, batch: Batch, rng: jax.Array, train: bool) -> Batch:
     if train and self.augment:
@@ -54,6 +61,11 @@ class Classification:
         "label": batch["label"],
     }
 
+  def summarize(self, values: dict[str, np.ndarray], info: Any) -> dict:
+    return {"loss": float(np.mean(values["loss"])), **metrics.classification_metrics(
+        values["label"], values["prediction"], self.num_classes,
+        getattr(info, "label_names", None))}
+
 
 @dataclasses.dataclass(frozen=True)
 class DenoisingAutoencoder:
@@ -63,6 +75,7 @@ class DenoisingAutoencoder:
   dropout: float = 0.3
   head_name: str = "decoder"
   kind: str = "autoencoder"
+  uses_labels: bool = False
 
   def inputs(self, batch: Batch, rng: jax.Array, train: bool) -> Batch:
     if not train:
@@ -77,6 +90,10 @@ class DenoisingAutoencoder:
 
   def eval_outputs(self, outputs, inputs, batch):
     mse = losses.mean_squared_error(outputs[self.head_name], batch["image"])
+    return {"loss": mse}
+
+  def summarize(self, values: dict[str, np.ndarray], info: Any) -> dict:
+    mse = float(np.mean(values["loss"]))
     return {"loss": mse, "mse": mse}
 
 
@@ -93,6 +110,7 @@ class Contrastive:
       default_factory=lambda: {"max_shift": 1, "noise": 0.1, "dropout": 0.2, "jitter": 0.2})
   head_name: str = "projection"
   kind: str = "contrastive"
+  uses_labels: bool = False
 
   def inputs(self, batch: Batch, rng: jax.Array, train: bool) -> Batch:
     k1, k2 = jax.random.split(rng)
@@ -117,32 +135,48 @@ class Contrastive:
     per_example, _, _ = self._per_example(outputs)
     return {"loss": per_example}
 
+  def summarize(self, values: dict[str, np.ndarray], info: Any) -> dict:
+    return {"loss": float(np.mean(values["loss"]))}
 
-TASKS = ("classification", "autoencoder", "contrastive")
+
+def _classification(tc, info):
+  task = Classification(
+      num_classes=info.num_classes, label_smoothing=tc.get("label_smoothing", 0.0),
+      augment=dict(tc.get("augment", {})))
+  head = heads_lib.ClassifierHead(
+      num_classes=info.num_classes, hidden_sizes=tuple(tc.get("head_hidden_sizes", ())),
+      dropout_rate=tc.get("head_dropout_rate", 0.0))
+  return task, head
+
+
+def _autoencoder(tc, info):
+  task = DenoisingAutoencoder(noise=tc.get("noise", 0.2), dropout=tc.get("dropout", 0.3))
+  head = heads_lib.DecoderHead(
+      output_shape=tuple(info.image_shape), hidden_sizes=tuple(tc.get("head_hidden_sizes", ())))
+  return task, head
+
+
+def _contrastive(tc, info):
+  task = Contrastive(
+      temperature=tc.get("temperature", 0.1),
+      augment=dict(tc.get("augment", Contrastive().augment)))
+  head = heads_lib.ProjectionHead(
+      hidden_size=tc.get("projection_hidden", 128), out_dim=tc.get("projection_dim", 64))
+  return task, head
+
+
+# name -> builder(config.task, dataset info) -> (task, head module)
+BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Any], tuple[Any, nn.Module]]] = {
+    "classification": _classification,
+    "autoencoder": _autoencoder,
+    "contrastive": _contrastive,
+}
 
 
 def build_task(config: ml_collections.ConfigDict, info: Any) -> tuple[Any, dict[str, nn.Module]]:
-  """Returns (task, heads) for `config.task` and the dataset's `info`."""
-  tc = config.task
-  name = tc.name
-  if name == "classification":
-    task = Classification(
-        num_classes=info.num_classes, label_smoothing=tc.get("label_smoothing", 0.0),
-        augment=dict(tc.get("augment", {})))
-    head = heads_lib.ClassifierHead(
-        num_classes=info.num_classes, hidden_sizes=tuple(tc.get("head_hidden_sizes", ())),
-        dropout_rate=tc.get("head_dropout_rate", 0.0))
-  elif name == "autoencoder":
-    task = DenoisingAutoencoder(noise=tc.get("noise", 0.2), dropout=tc.get("dropout", 0.3))
-    head = heads_lib.DecoderHead(
-        output_shape=tuple(info.image_shape),
-        hidden_sizes=tuple(tc.get("head_hidden_sizes", ())))
-  elif name == "contrastive":
-    task = Contrastive(
-        temperature=tc.get("temperature", 0.1),
-        augment=dict(tc.get("augment", Contrastive().augment)))
-    head = heads_lib.ProjectionHead(
-        hidden_size=tc.get("projection_hidden", 128), out_dim=tc.get("projection_dim", 64))
-  else:
-    raise ConfigError(f"config.task.name: unknown task {name!r}; choose one of {TASKS}")
+  """Returns (task, {head name: head}) for `config.task` and the dataset's `info`."""
+  name = config.task.name
+  if name not in BUILDERS:
+    raise ConfigError(f"config.task.name: unknown task {name!r}; choose one of {sorted(BUILDERS)}")
+  task, head = BUILDERS[name](config.task, info)
   return task, {task.head_name: head}

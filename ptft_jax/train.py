@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ptft_jax import checkpoint, data, metrics, optim, sharding, steps, tasks, writers
+from ptft_jax import checkpoint, data, optim, sharding, steps, tasks, writers
 from ptft_jax.config_utils import check_workdir_config, to_dict
 from ptft_jax.errors import ConfigError
 from ptft_jax.models import build_model
@@ -28,12 +28,10 @@ def _say(msg: str):
     print(msg, flush=True)
 
 
-def evaluate(eval_step, state, task, info, data_config, split, mesh) -> dict:
-  """One full pass over `split`; returns scalar metrics (and per-class ones for classification)."""
+def evaluate(eval_step, state, task, bundle, split, mesh) -> dict:
+  """One full pass over `split`; returns the task's metrics (see `Task.summarize`)."""
   gathered: dict[str, list[np.ndarray]] = {}
-  for batch in data.eval_batches(
-      data_config.dataset, split=split, data_dir=data_config.data_dir or None,
-      global_batch_size=data_config.eval_batch_size):
+  for batch in bundle.eval_batches(split):
     out = eval_step(state["params"], state["model_state"], sharding.host_to_global(batch, mesh))
     if jax.process_count() > 1:
       out = multihost_utils.process_allgather(out, tiled=True)
@@ -41,14 +39,7 @@ def evaluate(eval_step, state, task, info, data_config, split, mesh) -> dict:
       gathered.setdefault(k, []).append(np.asarray(v))
   flat = {k: np.concatenate(v) for k, v in gathered.items()}
   valid = flat.pop("valid").astype(bool)
-  flat = {k: v[valid] for k, v in flat.items()}
-  result = {"loss": float(np.mean(flat["loss"]))}
-  if task.kind == "classification":
-    result.update(metrics.classification_metrics(
-        flat["label"], flat["prediction"], info.num_classes, info.label_names))
-  else:
-    result.update({k: float(np.mean(v)) for k, v in flat.items() if k != "loss"})
-  return result
+  return task.summarize({k: v[valid] for k, v in flat.items()}, bundle.info)
 
 
 def _scalars(result: dict) -> dict:
@@ -65,20 +56,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   del per_process_batch
 
   # --- data --------------------------------------------------------------------------
-  dc = config.data
-  info = data.dataset_info(dc.dataset, dc.data_dir or None)
-  train_iter = data.train_iterator(
-      dc.dataset, split=dc.get("train_split", "train"), data_dir=dc.data_dir or None,
-      global_batch_size=dc.batch_size, seed=config.seed,
-      label_fraction=dc.get("label_fraction", 1.0),
-      label_fraction_seed=dc.get("label_fraction_seed", 0))
+  bundle = data.make_data(config.data, seed=config.seed)
 
   # --- model, task, optimizer ------------------------------------------------------------
-  task, heads = tasks.build_task(config, info)
+  task, heads = tasks.build_task(config, bundle.info)
   model = build_model(config.model, heads)
   total_steps = int(config.train.steps)
-  example = jax.tree_util.tree_map(lambda x: np.zeros((2, *x.shape[1:]), x.dtype),
-                                   _model_batch(task, next(_peek(dc, info))))
+  example = _model_batch(task, data.example_batch(bundle))
+  example = jax.tree_util.tree_map(lambda x: x[:2], example)  # shapes only
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
   replicated = sharding.replicated(mesh)
@@ -106,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
            "opt_state": opt_state, "rng": jax.device_put(state_rng, replicated)}
   if manager.latest_step() is not None:
-    state = checkpoint.restore(manager, state, data_iterator=train_iter)
+    state = checkpoint.restore(manager, state, data_iterator=bundle.train_iterator)
     _say(f"resumed from {checkpoint.checkpoint_dir(workdir)} at step {int(state['step'])}")
 
   # --- compiled steps --------------------------------------------------------------------
@@ -114,14 +99,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        donate_argnums=(0,))
   eval_step = jax.jit(steps.make_eval_step(model, task))
   writer = writers.MetricWriter(workdir, tensorboard=config.train.get("tensorboard", True))
-  meta = {"model": config.model.name, "task": task.kind, "dataset": dc.dataset}
+  meta = {"model": config.model.name, "task": config.task.name, "dataset": config.data.dataset}
 
   # --- loop -----------------------------------------------------------------------------
   start = int(state["step"])
   progress = writers.Progress(total_steps, start)
   tc = config.train
   for step in range(start + 1, total_steps + 1):
-    batch = _model_batch(task, next(train_iter))
+    batch = _model_batch(task, next(bundle.train_iterator))
     state, step_metrics = train_step(state, sharding.host_to_global(batch, mesh))
     if step == start + 1:
       jax.block_until_ready(step_metrics)
@@ -133,19 +118,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"{k}={v:.4g}" for k, v in scalars.items()))
     if tc.eval_every and (step % tc.eval_every == 0 or step == total_steps):
       t0 = time.perf_counter()
-      result = evaluate(eval_step, state, task, info, dc, "validation", mesh)
+      result = evaluate(eval_step, state, task, bundle, "validation", mesh)
       writer.write(step, _scalars(result), split="validation")
       progress.pause(time.perf_counter() - t0)
     if step % tc.checkpoint_every == 0 or step == total_steps:
       t0 = time.perf_counter()
-      checkpoint.save(manager, state, data_iterator=train_iter, meta=meta)
+      checkpoint.save(manager, state, data_iterator=bundle.train_iterator, meta=meta)
       progress.pause(time.perf_counter() - t0)
   manager.wait_until_finished()
 
   # --- final evaluation --------------------------------------------------------------------
   final = {}
   for split in config.get("eval_splits", ("validation", "test")):
-    final[split] = evaluate(eval_step, state, task, info, dc, split, mesh)
+    final[split] = evaluate(eval_step, state, task, bundle, split, mesh)
     writer.write(total_steps, _scalars(final[split]), split=f"final_{split}")
     if jax.process_index() == 0:
       with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
@@ -156,17 +141,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return final
 
 
-def _peek(dc, info):
-  """One eval batch, only to get input shapes for initialization."""
-  return data.eval_batches(dc.dataset, split="validation", data_dir=dc.data_dir or None,
-                           global_batch_size=dc.eval_batch_size)
-
-
 def _model_batch(task, batch: dict) -> dict:
-  """Unsupervised tasks never see labels."""
-  if task.kind in ("autoencoder", "contrastive"):
-    return {k: v for k, v in batch.items() if k not in ("label", "valid")}
-  return {k: v for k, v in batch.items() if k != "valid"}
+  """Pretraining tasks never see labels; the model never sees the padding mask."""
+  drop = {"valid"} if task.uses_labels else {"valid", "label"}
+  return {k: v for k, v in batch.items() if k not in drop}
 
 
 def _check_finite(scalars: dict, step: int):

@@ -1,11 +1,12 @@
 """Converted weights -> a pretrained workdir that fine-tuning starts from.
 
-TODO(checkpoint owner): implement `write_pretrained_workdir` with
-`ptft_jax.checkpoint`; the converters and the CLI only call this function.
+The workdir holds a params-only Orbax checkpoint (`ptft_jax.checkpoint.save_pretrained`)
+and the backbone's config as `model_config.json`, so a fine-tuning config names
+it in `config.init.pretrained_workdir` exactly like a pretraining run.
 """
 
 import dataclasses
-import importlib.util
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -18,8 +19,6 @@ def write_pretrained_workdir(
 ) -> None:
   """Saves converted weights as a workdir that `ptft_jax.checkpoint` restores.
 
-  NOT IMPLEMENTED HERE: the checkpoint module's owner wires this up.
-
   Args:
     config: the backbone's TransformerConfig (`dataclasses.asdict` is JSON-able;
       `TransformerConfig(**d)` rebuilds it).
@@ -28,14 +27,9 @@ def write_pretrained_workdir(
       `backbone/...` and `heads/<name>/...` of `ptft_jax.models.base.Model`.
     workdir: output directory.
   """
-  if importlib.util.find_spec("ptft_jax.checkpoint") is None:
-    raise NotImplementedError(
-        "write_pretrained_workdir needs ptft_jax.checkpoint, which does not exist yet")
-  from ptft_jax import checkpoint  # Lazy: optional until it lands.
+  from ptft_jax import checkpoint
 
-  save = getattr(checkpoint, "save_pretrained", None)
-  if save is None:
-    raise NotImplementedError(
-        "write_pretrained_workdir: ptft_jax.checkpoint has no save_pretrained("
-        "workdir, params, config=...) yet; implement it there or wire this function")
-  save(os.fspath(workdir), params, config=dataclasses.asdict(config))
+  config_dict = dataclasses.asdict(config)
+  checkpoint.save_pretrained(os.fspath(workdir), dict(params), config=config_dict)
+  with open(os.path.join(os.fspath(workdir), "model_config.json"), "w") as f:
+    json.dump(config_dict, f, indent=1)

@@ -1,5 +1,6 @@
 """Offline image data: TFDS sources, Grain pipelines, embedded `digits` dataset."""
 
+from ptft_jax.data.bundle import BUILDERS, DataBundle, example_batch, make_data
 from ptft_jax.data.pipeline import (
     eval_batches,
     iterator_restore_args,
@@ -9,6 +10,10 @@ from ptft_jax.data.pipeline import (
 from ptft_jax.data.sources import DatasetInfo, dataset_info, default_data_dir
 
 __all__ = [
+    "BUILDERS",
+    "DataBundle",
+    "example_batch",
+    "make_data",
     "DatasetInfo",
     "dataset_info",
     "default_data_dir",

@@ -1,0 +1,57 @@
+"""`make_data(config.data, seed)`: the one entry point the train loop uses for any dataset.
+
+A `DataBundle` gives the dataset's info, a checkpointable infinite train
+iterator of per-process batches, and ordered, padded eval passes per split.
+Families register a builder in `BUILDERS` under `config.data.kind`.
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from ptft_jax.data import pipeline, sources
+from ptft_jax.errors import ConfigError
+
+
+@dataclasses.dataclass
+class DataBundle:
+  info: Any  # has at least .name; image data: image_shape, num_classes, label_names
+  train_iterator: Any  # checkpointable (grain) iterator of dict[str, np.ndarray]
+  eval_batches: Callable[[str], Iterator[dict[str, np.ndarray]]]  # split -> batches with "valid"
+
+
+def _image_data(dc: ml_collections.ConfigDict, seed: int) -> DataBundle:
+  data_dir = dc.data_dir or None
+  info = sources.dataset_info(dc.dataset, data_dir)
+  train = pipeline.train_iterator(
+      dc.dataset, split=dc.get("train_split", "train"), data_dir=data_dir,
+      global_batch_size=dc.batch_size, seed=seed,
+      label_fraction=dc.get("label_fraction", 1.0),
+      label_fraction_seed=dc.get("label_fraction_seed", 0))
+
+  def eval_batches(split: str):
+    return pipeline.eval_batches(dc.dataset, split=split, data_dir=data_dir,
+                                 global_batch_size=dc.eval_batch_size)
+
+  return DataBundle(info=info, train_iterator=train, eval_batches=eval_batches)
+
+
+BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, int], DataBundle]] = {
+    "image": _image_data,
+}
+
+
+def make_data(data_config: ml_collections.ConfigDict, seed: int) -> DataBundle:
+  """Builds the data of `data_config.kind` ("image" by default)."""
+  kind = data_config.get("kind", "image")
+  if kind not in BUILDERS:
+    raise ConfigError(f"config.data.kind: unknown kind {kind!r}; choose one of {sorted(BUILDERS)}")
+  return BUILDERS[kind](data_config, seed)
+
+
+def example_batch(bundle: DataBundle, split: str = "validation") -> dict[str, np.ndarray]:
+  """The first eval batch, for shapes (model initialization)."""
+  return next(iter(bundle.eval_batches(split)))
