@@ -165,7 +165,7 @@ def _contrastive(tc, info):
   return task, head
 
 
-# name -> builder(config.task, dataset info) -> (task, head module)
+# name -> builder(config.task, dataset info) -> (task, head module or {name: head})
 BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Any], tuple[Any, nn.Module]]] = {
     "classification": _classification,
     "autoencoder": _autoencoder,
@@ -179,4 +179,6 @@ def build_task(config: ml_collections.ConfigDict, info: Any) -> tuple[Any, dict[
   if name not in BUILDERS:
     raise ConfigError(f"config.task.name: unknown task {name!r}; choose one of {sorted(BUILDERS)}")
   task, head = BUILDERS[name](config.task, info)
-  return task, {task.head_name: head}
+  # A builder returns one head (stored under task.head_name) or a dict of them
+  # (multi-head tasks such as masked LM + next-sentence prediction).
+  return task, (dict(head) if isinstance(head, dict) else {task.head_name: head})
