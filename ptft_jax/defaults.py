@@ -61,5 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.eval_splits = ("validation", "test")
-  c.resumable_keys = ("train.steps",)  # may change when resuming in the same workdir
+  # Keys that may change when resuming in the same workdir (logging cadence and
+  # the step budget); any other change is refused, so two experiments never mix.
+  c.resumable_keys = ("train.steps", "train.log_every", "train.eval_every",
+                      "train.checkpoint_every", "train.keep", "train.tensorboard")
   return c

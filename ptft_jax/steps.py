@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ptft_jax.models.resnet import freeze_norms
+
 
 def init_variables(model: nn.Module, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
   """Returns (params, model_state) for `model` on an example `batch`."""
@@ -37,6 +39,8 @@ def make_train_step(
     heads: heads to run (default: all of the model's heads, which the task chose).
     trainable: optional bool tree over params; the reported gradient norm
       covers only these leaves, so frozen leaves' gradients stay dead code.
+      BatchNorms whose params are all frozen use their running averages and
+      keep their statistics (backbones with `batch_norm="auto"`, see resnet.py).
   """
   heads = tuple(heads) if heads else None
 
@@ -44,13 +48,14 @@ def make_train_step(
     rng, step_rng = jax.random.split(state["rng"])
     inputs_rng, dropout_rng = jax.random.split(step_rng)
     model_state = state["model_state"]
+    step_model = freeze_norms(model, trainable, model_state)  # trace time, no cost per step
 
     def loss_fn(params):
       inputs = task.inputs(batch, inputs_rng, True)
       variables = {"params": params, **model_state}
       mutable = list(model_state) or False
-      out = model.apply(variables, inputs, train=True, heads=heads,
-                        rngs={"dropout": dropout_rng}, mutable=mutable)
+      out = step_model.apply(variables, inputs, train=True, heads=heads,
+                             rngs={"dropout": dropout_rng}, mutable=mutable)
       outputs, new_model_state = out if mutable else (out, model_state)
       loss, metrics = task.loss(outputs, inputs, batch)
       return loss, (metrics, new_model_state)
@@ -64,7 +69,7 @@ def make_train_step(
     else:
       grad_leaves = [g for g, t in zip(jax.tree_util.tree_leaves(grads),
                                        jax.tree_util.tree_leaves(trainable), strict=True) if t]
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grad_leaves)}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grad_leaves)}
     new_state = {"step": state["step"] + 1, "params": params, "model_state": new_model_state,
                  "opt_state": opt_state, "rng": rng}
     return new_state, metrics

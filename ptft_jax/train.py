@@ -64,6 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = int(config.train.steps)
   example = _model_batch(task, data.example_batch(bundle))
   example = jax.tree_util.tree_map(lambda x: x[:2], example)  # shapes only
+  example = task.inputs(example, jax.random.PRNGKey(0), False)  # e.g. adds masked positions
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
   replicated = sharding.replicated(mesh)
@@ -88,8 +89,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "transfer_report.json"), "w") as f:
       json.dump(report, f, indent=1)
   opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
-           "opt_state": opt_state, "rng": jax.device_put(state_rng, replicated)}
+  state = jax.device_put(
+      {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
+       "opt_state": opt_state, "rng": state_rng}, replicated)
   if manager.latest_step() is not None:
     state = checkpoint.restore(manager, state, data_iterator=bundle.train_iterator)
     _say(f"resumed from {checkpoint.checkpoint_dir(workdir)} at step {int(state['step'])}")
@@ -159,7 +161,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Stages run in `config.stage_order` (ConfigDict sorts its keys). A stage's
   `init.pretrained_workdir` of the form "@name" points at the
-  workdir of the earlier stage `name`. With stages, writes
+  workdir of the earlier stage `name`. A stage `{"import_hf_bert": DIR}` trains
+  nothing: it converts the HF BERT in DIR into its workdir (once). With stages, writes
   `<workdir>/summary.json` with each classification stage's test accuracy and
   macro-F1, and `<workdir>/validation_curves.png`.
   """
@@ -173,6 +176,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       raise ConfigError(f"config.stage_order: no stage named {name!r} in config.stages")
     stage = config.stages[name]
     stage = ml_collections.ConfigDict(to_dict(stage))
+    if "import_hf_bert" in stage:
+      _import_stage(stage.import_hf_bert, os.path.join(workdir, name))
+      continue
     ref = stage.init.pretrained_workdir
     if ref.startswith("@"):
       if ref[1:] not in config.stages:
@@ -191,6 +197,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _say(format_summary(summary))
     plot_validation_curves(workdir, list(summary), os.path.join(workdir, "validation_curves.png"))
   return {"stages": results, "summary": summary}
+
+
+def _import_stage(src: str, stage_dir: str):
+  """Converts HF BERT weights into `stage_dir`, unless an earlier run already did."""
+  from ptft_jax.convert import workdir as convert_workdir
+
+  if os.path.isfile(os.path.join(stage_dir, "model_config.json")):
+    _say(f"imported weights already in {stage_dir}")
+    return
+  config, heads = convert_workdir.import_hf_bert(src, stage_dir)
+  _say(f"imported {src} ({config.num_layers} layers, hidden {config.hidden_size}, "
+       f"heads {heads or '-'}) -> {stage_dir}")
 
 
 def format_summary(summary: dict) -> str:
