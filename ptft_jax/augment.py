@@ -6,6 +6,8 @@ All take images [batch, h, w, c] in [0, 1] and return the same shape.
 import jax
 import jax.numpy as jnp
 
+from ptft_jax.errors import ConfigError
+
 
 def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
   """Translates each image by up to `max_shift` pixels (zero fill): a padded random crop."""
@@ -49,11 +51,124 @@ def color_jitter(rng: jax.Array, images: jax.Array, strength: float) -> jax.Arra
 
 def augment_images(
     rng: jax.Array, images: jax.Array, *, max_shift: int = 0, noise: float = 0.0,
-    dropout: float = 0.0, jitter: float = 0.0,
+    dropout: float = 0.0, jitter: float = 0.0, crop_scale: float = 0.0, flip: bool = False,
+    color: float = 0.0, color_prob: float = 0.8, grayscale: float = 0.0, **unknown,
 ) -> jax.Array:
-  """Applies shift -> colour jitter -> pixel dropout -> noise, each with its own key."""
+  """Applies the selected augmentations to images [batch, h, w, c]; same shape out.
+
+  Order: resized crop (`crop_scale` > 0: the smallest area fraction) -> shift ->
+  horizontal flip -> colour distortion (`color` strength, applied with
+  probability `color_prob`) -> grayscale (probability) -> brightness/contrast
+  jitter -> pixel dropout -> noise. The first four options' keys are split as
+  before the others existed, so their outputs did not change; the others draw
+  theirs from `fold_in(rng, 1)`. SimCLR on CIFAR: crop_scale=0.08, flip=True,
+  color=0.5, grayscale=0.2.
+  """
+  if unknown:
+    raise ConfigError(
+        f"config.task.augment: unknown option(s) {sorted(unknown)}; choose from "
+        f"{sorted(AUGMENT_OPTIONS)}")
   k_shift, k_jit, k_drop, k_noise = jax.random.split(rng, 4)
-  x = random_shift(k_shift, images, max_shift)
+  k_crop, k_flip, k_color, k_gray = jax.random.split(jax.random.fold_in(rng, 1), 4)
+  x = random_resized_crop(k_crop, images, crop_scale)
+  x = random_shift(k_shift, x, max_shift)
+  x = random_flip(k_flip, x) if flip else x
+  x = color_distort(k_color, x, color, prob=color_prob)
+  x = random_grayscale(k_gray, x, grayscale)
   x = color_jitter(k_jit, x, jitter)
   x = pixel_dropout(k_drop, x, dropout)
   return gaussian_noise(k_noise, x, noise)
+
+
+AUGMENT_OPTIONS = ("max_shift", "noise", "dropout", "jitter", "crop_scale", "flip", "color",
+                   "color_prob", "grayscale")
+
+
+def random_flip(rng: jax.Array, images: jax.Array, prob: float = 0.5) -> jax.Array:
+  """Mirrors each image left-right with probability `prob`."""
+  flip = jax.random.bernoulli(rng, prob, (images.shape[0], 1, 1, 1))
+  return jnp.where(flip, images[:, :, ::-1], images)
+
+
+def random_resized_crop(
+    rng: jax.Array, images: jax.Array, min_scale: float,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> jax.Array:
+  """Inception-style crop: a random box, resized (bilinear) back to [h, w].
+
+  The box covers an area fraction U[min_scale, 1] of the image with aspect
+  (width / height) log-uniform in `ratio`; a side longer than the image is cut
+  to the image (instead of re-drawing). `min_scale` <= 0 returns the input.
+  """
+  if min_scale <= 0:
+    return images
+  b, h, w, c = images.shape
+  k_area, k_ratio, k_y, k_x = jax.random.split(rng, 4)
+  area = jax.random.uniform(k_area, (b,), minval=min_scale, maxval=1.0) * h * w
+  aspect = jnp.exp(jax.random.uniform(
+      k_ratio, (b,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])))
+  crop_h = jnp.clip(jnp.sqrt(area / aspect), 1.0, h)
+  crop_w = jnp.clip(jnp.sqrt(area * aspect), 1.0, w)
+  top = jax.random.uniform(k_y, (b,)) * (h - crop_h)
+  left = jax.random.uniform(k_x, (b,)) * (w - crop_w)
+  scale = jnp.stack([h / crop_h, w / crop_w], axis=-1)  # >= 1: never a downsample
+  translation = -jnp.stack([top, left], axis=-1) * scale
+
+  def resize(img, s, t):
+    return jax.image.scale_and_translate(
+        img, (h, w, c), (0, 1), s, t, method="linear", antialias=False)
+
+  return jax.vmap(resize)(images, scale, translation).astype(images.dtype)
+
+
+def _gray(images: jax.Array) -> jax.Array:
+  """Luma [b, h, w, 1] of RGB images (ITU-R 601 weights)."""
+  return jnp.sum(images * jnp.array([0.2989, 0.587, 0.114], images.dtype), -1, keepdims=True)
+
+
+def _rotate_hue(images: jax.Array, turns: jax.Array) -> jax.Array:
+  """Rotates the hue of RGB images by `turns` [b] (fractions of a full turn), in YIQ space."""
+  to_yiq = jnp.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
+                      [0.211, -0.523, 0.312]], images.dtype)
+  yiq = images @ to_yiq.T
+  angle = 2 * jnp.pi * turns[:, None, None]
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  i = yiq[..., 1] * cos - yiq[..., 2] * sin
+  q = yiq[..., 1] * sin + yiq[..., 2] * cos
+  yiq = jnp.stack([yiq[..., 0], i, q], axis=-1)
+  return yiq @ jnp.linalg.inv(to_yiq).T
+
+
+def color_distort(
+    rng: jax.Array, images: jax.Array, strength: float, *, prob: float = 0.8,
+) -> jax.Array:
+  """SimCLR colour jitter, applied to each image with probability `prob`.
+
+  Random brightness, contrast, saturation (factors in 1 +- 0.8 * strength) and
+  hue (+- 0.2 * strength turns), in that order (SimCLR shuffles it), each
+  clipped to [0, 1]. Saturation and hue apply to RGB images only.
+  """
+  if strength <= 0:
+    return images
+  b = images.shape[0]
+  k_apply, k_b, k_c, k_s, k_h = jax.random.split(rng, 5)
+  factor = lambda k: jax.random.uniform(
+      k, (b, 1, 1, 1), minval=1 - 0.8 * strength, maxval=1 + 0.8 * strength)
+  x = jnp.clip(images * factor(k_b), 0, 1)
+  mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+  x = jnp.clip((x - mean) * factor(k_c) + mean, 0, 1)
+  if images.shape[-1] == 3:
+    gray = _gray(x)
+    x = jnp.clip((x - gray) * factor(k_s) + gray, 0, 1)
+    turns = jax.random.uniform(k_h, (b,), minval=-0.2 * strength, maxval=0.2 * strength)
+    x = jnp.clip(_rotate_hue(x, turns), 0, 1)
+  apply = jax.random.bernoulli(k_apply, prob, (b, 1, 1, 1))
+  return jnp.where(apply, x, images)
+
+
+def random_grayscale(rng: jax.Array, images: jax.Array, prob: float) -> jax.Array:
+  """Replaces RGB images by their luma (kept 3-channel) with probability `prob`."""
+  if prob <= 0 or images.shape[-1] != 3:
+    return images
+  gray = jnp.broadcast_to(_gray(images), images.shape)
+  return jnp.where(jax.random.bernoulli(rng, prob, (images.shape[0], 1, 1, 1)), gray, images)

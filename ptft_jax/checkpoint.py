@@ -142,8 +142,12 @@ def transfer(
 
   def pick(path, leaf):
     # Patterns apply to the path inside its collection ("backbone/...", not
-    # "params/backbone/..."), so one pattern covers params and batch stats.
-    if want(path.split("/", 1)[-1]) and path in src:
+    # "params/backbone/..." or "model_state/batch_stats/backbone/..."), so one
+    # pattern covers params and batch stats.
+    top, _, inner = path.partition("/")
+    if top == "model_state":
+      inner = inner.split("/", 1)[-1]
+    if want(inner) and path in src:
       value = src[path]
       if tuple(value.shape) != tuple(leaf.shape):
         mismatched.append(f"{path}: checkpoint {tuple(value.shape)} vs model {tuple(leaf.shape)}")

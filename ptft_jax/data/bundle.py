@@ -32,8 +32,13 @@ def _image_data(dc: ml_collections.ConfigDict, seed: int) -> DataBundle:
       label_fraction=dc.get("label_fraction", 1.0),
       label_fraction_seed=dc.get("label_fraction_seed", 0))
 
+  # The loop asks for "validation" and "test"; datasets without such splits
+  # (mnist, cifar10) name a slice instead, e.g. validation_split="train[90%:]".
+  names = {"validation": dc.get("validation_split", "validation"),
+           "test": dc.get("test_split", "test")}
+
   def eval_batches(split: str):
-    return pipeline.eval_batches(dc.dataset, split=split, data_dir=data_dir,
+    return pipeline.eval_batches(dc.dataset, split=names.get(split, split), data_dir=data_dir,
                                  global_batch_size=dc.eval_batch_size)
 
   return DataBundle(info=info, train_iterator=train, eval_batches=eval_batches)

@@ -8,8 +8,10 @@ from ptft_jax.models.base import Model
 from ptft_jax.models.cnn import CnnBackbone
 from ptft_jax.models.heads import ClassifierHead, DecoderHead, ProjectionHead
 from ptft_jax.models.mlp import MlpBackbone
+from ptft_jax.models.resnet import ResNet, freeze_norms
 
 BACKBONES = {"mlp": MlpBackbone, "cnn": CnnBackbone}
+BACKBONES["resnet"] = ResNet
 
 
 def build_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
@@ -35,4 +37,5 @@ def build_model(model_config: ml_collections.ConfigDict, heads: dict[str, nn.Mod
 __all__ = [
     "BACKBONES", "ClassifierHead", "CnnBackbone", "DecoderHead", "MlpBackbone", "Model",
     "ProjectionHead", "build_backbone", "build_model",
+    "ResNet", "freeze_norms",
 ]

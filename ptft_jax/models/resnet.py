@@ -1,0 +1,196 @@
+"""ResNet backbones (He et al. 2015; v1.5: the stride sits on the 3x3 conv) with BatchNorm.
+
+`ResNet(depth=18 | 34 | 50 | 101 | 152)`; `small_input=True` swaps the ImageNet
+stem (7x7/2 conv + 3x3/2 max-pool) for one 3x3/1 conv, for 32x32 or 8x8 images.
+Features: `{"features": [batch, C]}` after global average pooling, with C =
+8 * width (depth 18/34) or 32 * width (depth 50+), i.e. 512 / 2048 at width 64.
+
+Parameter layout (relative to `backbone/`), convolutions without bias:
+
+  stem_conv/kernel, stem_bn/{scale,bias}
+  stage{s}_block{b}/conv{i}/kernel, stage{s}_block{b}/bn{i}/{scale,bias}
+  stage{s}_block{b}/proj_conv/kernel, .../proj_bn/{scale,bias}   (shape-changing blocks)
+
+Each `*bn*` module keeps `{mean, var}` in the `batch_stats` collection, which the
+train state holds in `model_state` and checkpoints save and transfer with the params.
+
+BatchNorm modes (`config.model.batch_norm`):
+
+  "train"   training steps normalize with batch statistics and update the running
+            averages; evaluation uses the running averages.
+  "frozen"  every BatchNorm always uses its running averages; `batch_stats` never change.
+  "auto"    (default) per layer: a BatchNorm whose scale and bias are both frozen by
+            `config.optim.groups` behaves as "frozen", any other as "train".
+            `steps.make_train_step(..., trainable=...)` resolves this with
+            `freeze_norms` below (the names go into `frozen_norms`).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ptft_jax.errors import ConfigError
+
+BATCH_NORM_MODES = ("train", "frozen", "auto")
+# depth -> (block kind, blocks per stage)
+_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+STAGES = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+class _Norm(nn.BatchNorm):
+  """BatchNorm that picks batch or running statistics from its mode and its own path.
+
+  Uses the running averages when not training, when `mode` is "frozen", or when
+  `mode` is "auto" and its full path (`backbone/stage1_block0/bn1`) is in `frozen`.
+  """
+
+  mode: str = "train"
+  frozen: Sequence[str] = ()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    running = (not train or self.mode == "frozen"
+               or (self.mode == "auto" and "/".join(self.path) in self.frozen))
+    return super().__call__(x, use_running_average=running)
+
+
+class _Block(nn.Module):
+  """A residual block: basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 with 4x expansion)."""
+
+  kind: str
+  filters: int
+  strides: int
+  mode: str
+  frozen: Sequence[str]
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = lambda f, k, s, name: nn.Conv(
+        f, (k, k), (s, s), padding="SAME", use_bias=False, dtype=self.dtype,
+        kernel_init=_CONV_INIT, name=name)
+    norm = lambda name, scale_init=nn.initializers.ones: _Norm(
+        momentum=0.9, epsilon=1e-5, dtype=self.dtype, scale_init=scale_init,
+        mode=self.mode, frozen=self.frozen, name=name)
+    if self.kind == "basic":
+      specs = [(self.filters, 3, self.strides), (self.filters, 3, 1)]
+    else:
+      specs = [(self.filters, 1, 1), (self.filters, 3, self.strides), (4 * self.filters, 1, 1)]
+    out_filters = specs[-1][0]
+    y = x
+    for i, (f, k, s) in enumerate(specs, start=1):
+      y = conv(f, k, s, f"conv{i}")(y)
+      if i < len(specs):
+        y = nn.relu(norm(f"bn{i}")(y, train))
+      else:  # Zero scale: every block starts as the identity (Goyal et al. 2017).
+        y = norm(f"bn{i}", nn.initializers.zeros)(y, train)
+    if x.shape[-1] != out_filters or self.strides != 1:
+      x = conv(out_filters, 1, self.strides, "proj_conv")(x)
+      x = norm("proj_bn")(x, train)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """ResNet backbone over `batch["image"]` [batch, h, w, c] -> `{"features": [batch, C]}`.
+
+  Attributes:
+    depth: 18, 34 (basic blocks) or 50, 101, 152 (bottleneck blocks).
+    width: channels of the first stage (64 in the paper); stages double it.
+    small_input: 3x3/1 stem without max-pool (CIFAR-size and smaller images).
+    batch_norm: "train", "frozen" or "auto" (see the module docstring).
+    frozen_norms: full paths of the BatchNorm modules that "auto" freezes; set by
+      `freeze_norms`, not by hand.
+    dtype: compute dtype ("float32", "bfloat16"); parameters stay float32.
+  """
+
+  depth: int = 50
+  width: int = 64
+  small_input: bool = False
+  batch_norm: str = "auto"
+  frozen_norms: Sequence[str] = ()
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.depth not in STAGES:
+      raise ConfigError(
+          f"config.model.depth: ResNet depth {self.depth} is not one of {sorted(STAGES)}")
+    if self.batch_norm not in BATCH_NORM_MODES:
+      raise ConfigError(
+          f"config.model.batch_norm: {self.batch_norm!r} is not one of {BATCH_NORM_MODES}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, batch, *, train: bool) -> dict[str, jax.Array]:
+    kind, blocks = STAGES[self.depth]
+    dtype = jnp.dtype(self.dtype)
+    frozen = tuple(self.frozen_norms)
+    x = jnp.asarray(batch["image"], dtype)
+    k, s = (3, 1) if self.small_input else (7, 2)
+    x = nn.Conv(self.width, (k, k), (s, s), padding="SAME", use_bias=False, dtype=dtype,
+                kernel_init=_CONV_INIT, name="stem_conv")(x)
+    x = _Norm(momentum=0.9, epsilon=1e-5, dtype=dtype, mode=self.batch_norm, frozen=frozen,
+              name="stem_bn")(x, train)
+    x = nn.relu(x)
+    if not self.small_input:
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    for stage, count in enumerate(blocks, start=1):
+      for b in range(count):
+        x = _Block(kind, self.width * 2 ** (stage - 1), 2 if stage > 1 and b == 0 else 1,
+                   self.batch_norm, frozen, dtype, name=f"stage{stage}_block{b}")(x, train)
+    return {"features": jnp.mean(x, axis=(1, 2)).astype(jnp.float32)}
+
+
+def norm_paths(model_state: dict) -> list[str]:
+  """Full module paths of every BatchNorm in `model_state["batch_stats"]`, sorted.
+
+  A norm's path is the parent of its `{mean, var}` leaves, e.g. `backbone/stage1_block0/bn1`.
+  """
+  stats = model_state.get("batch_stats", {})
+  paths = set()
+  for path, _ in jax.tree_util.tree_flatten_with_path(stats)[0]:
+    keys = [str(getattr(k, "key", k)) for k in path]
+    if len(keys) >= 2 and keys[-1] in ("mean", "var"):
+      paths.add("/".join(keys[:-1]))
+  return sorted(paths)
+
+
+def frozen_norm_paths(trainable: Any, model_state: dict) -> tuple[str, ...]:
+  """The BatchNorm paths whose params (scale and bias) are all frozen in `trainable`.
+
+  Args:
+    trainable: bool tree over the params (False = frozen), as `optim` builds it.
+    model_state: the non-param collections (`batch_stats` names the norms).
+  """
+  frozen = []
+  for path in norm_paths(model_state):
+    node = trainable
+    for key in path.split("/"):
+      node = node.get(key, {}) if hasattr(node, "get") else {}
+    leaves = jax.tree_util.tree_leaves(node)
+    if leaves and not any(bool(t) for t in leaves):
+      frozen.append(path)
+  return tuple(frozen)
+
+
+def freeze_norms(model: nn.Module, trainable: Any, model_state: dict) -> nn.Module:
+  """Returns `model` whose "auto" BatchNorms with frozen params use running averages.
+
+  A no-op (the same object) unless the backbone has a `frozen_norms` field and
+  some of its norms are frozen.
+  """
+  backbone = getattr(model, "backbone", None)
+  if trainable is None or not hasattr(backbone, "frozen_norms"):
+    return model
+  frozen = frozen_norm_paths(trainable, model_state)
+  if not frozen:
+    return model
+  return model.clone(backbone=backbone.clone(frozen_norms=frozen))
