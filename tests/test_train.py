@@ -180,7 +180,7 @@ def test_quickstart_tiny_through_cli(tmp_path):
   assert (tmp_path / "validation_curves.png").stat().st_size > 1000
   assert "pretrained" in r.stdout and "test accuracy" in r.stdout
   report = json.load(open(tmp_path / "pretrained" / "transfer_report.json"))
-  assert "params/backbone/layer_0/kernel" in report["loaded"]
+  assert "params/backbone/conv_0/kernel" in report["loaded"]
   assert not os.path.exists(tmp_path / "scratch" / "transfer_report.json")
   assert time.time() - t0 < 120
 
