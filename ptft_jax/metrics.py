@@ -42,3 +42,37 @@ def classification_metrics(
       "confusion_matrix": cm.tolist(),
       "num_examples": int(cm.sum()),
   }
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+  """Pearson correlation of two [n] arrays (0 when either is constant)."""
+  x = np.asarray(x, np.float64) - np.mean(x)
+  y = np.asarray(y, np.float64) - np.mean(y)
+  denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
+  return float(np.sum(x * y) / denom) if denom > 0 else 0.0
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+  """1-based ranks of [n] values; ties share their average rank (as scipy's rankdata)."""
+  x = np.asarray(x)
+  order = np.argsort(x, kind="stable")
+  sorted_x = x[order]
+  starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+  ends = np.r_[starts[1:], len(x)]  # each tie group is [start, end) in sorted order
+  average = (starts + ends + 1) / 2.0  # mean of the 1-based ranks start+1 .. end
+  out = np.empty(len(x), np.float64)
+  out[order] = np.repeat(average, ends - starts)
+  return out
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+  """Spearman rank correlation: Pearson of the (tie-averaged) ranks."""
+  return pearson(ranks(x), ranks(y))
+
+
+def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:
+  """Pearson, Spearman and mean squared error of [n] predictions (GLUE STS-B style)."""
+  labels = np.asarray(labels, np.float64)
+  predictions = np.asarray(predictions, np.float64)
+  return {"pearson": pearson(labels, predictions), "spearman": spearman(labels, predictions),
+          "mse": float(np.mean((labels - predictions) ** 2)), "num_examples": int(len(labels))}

@@ -64,7 +64,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = int(config.train.steps)
   example = _model_batch(task, data.example_batch(bundle))
   example = jax.tree_util.tree_map(lambda x: x[:2], example)  # shapes only
-  example = task.inputs(example, jax.random.PRNGKey(0), False)  # e.g. adds masked positions
+  example = jax.jit(task.inputs, static_argnums=2)(  # e.g. adds masked positions
+      example, jax.random.PRNGKey(0), False)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
   replicated = sharding.replicated(mesh)

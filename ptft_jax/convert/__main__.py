@@ -6,8 +6,6 @@ vocab.txt). User mistakes print one line and exit with status 2.
 """
 
 import argparse
-import os
-import shutil
 import sys
 from collections.abc import Sequence
 
@@ -15,15 +13,10 @@ from ptft_jax.errors import UserError
 
 
 def _hf_bert(args: argparse.Namespace) -> None:
-  from ptft_jax.convert import hf_bert, workdir  # Lazy: keeps `--help` fast.
+  from ptft_jax.convert import workdir  # Lazy: keeps `--help` fast.
 
-  config, backbone = hf_bert.load_hf_bert(args.src)
-  heads = hf_bert.load_hf_bert_heads(args.src)
-  workdir.write_pretrained_workdir(config, {"backbone": backbone, "heads": heads}, args.workdir)
-  vocab = os.path.join(args.src, hf_bert.VOCAB_FILE)
-  if os.path.isfile(vocab):
-    shutil.copyfile(vocab, os.path.join(args.workdir, hf_bert.VOCAB_FILE))
-  heads_note = f" + heads {sorted(heads)}" if heads else ""
+  config, heads = workdir.import_hf_bert(args.src, args.workdir)
+  heads_note = f" + heads {heads}" if heads else ""
   print(f"converted {args.src} ({config.num_layers} layers, hidden {config.hidden_size})"
         f"{heads_note} -> {args.workdir}")
 

@@ -8,6 +8,7 @@ it in `config.init.pretrained_workdir` exactly like a pretraining run.
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,3 +34,22 @@ def write_pretrained_workdir(
   checkpoint.save_pretrained(os.fspath(workdir), dict(params), config=config_dict)
   with open(os.path.join(os.fspath(workdir), "model_config.json"), "w") as f:
     json.dump(config_dict, f, indent=1)
+
+
+def import_hf_bert(
+    src: str | os.PathLike, workdir: str | os.PathLike
+) -> tuple[TransformerConfig, list[str]]:
+  """A HF BERT directory -> pretrained workdir (backbone, any MLM / NSP heads, vocab.txt).
+
+  What `python -m ptft_jax.convert hf-bert` and an `import_hf_bert` stage of
+  `ptft_jax.train.run` do. Returns the backbone's config and the imported head names.
+  """
+  from ptft_jax.convert import hf_bert
+
+  config, backbone = hf_bert.load_hf_bert(src)
+  heads = hf_bert.load_hf_bert_heads(src)
+  write_pretrained_workdir(config, {"backbone": backbone, "heads": heads}, workdir)
+  vocab = os.path.join(os.fspath(src), hf_bert.VOCAB_FILE)
+  if os.path.isfile(vocab):
+    shutil.copyfile(vocab, os.path.join(os.fspath(workdir), hf_bert.VOCAB_FILE))
+  return config, sorted(heads)

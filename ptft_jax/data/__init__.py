@@ -1,5 +1,6 @@
 """Offline image data: TFDS sources, Grain pipelines, embedded `digits` dataset."""
 
+from ptft_jax.data import text  # registers the "text" data kind
 from ptft_jax.data.bundle import BUILDERS, DataBundle, example_batch, make_data
 from ptft_jax.data.pipeline import (
     eval_batches,
@@ -20,5 +21,6 @@ __all__ = [
     "eval_batches",
     "iterator_restore_args",
     "iterator_save_args",
+    "text",
     "train_iterator",
 ]

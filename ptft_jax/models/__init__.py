@@ -9,8 +9,24 @@ from ptft_jax.models.cnn import CnnBackbone
 from ptft_jax.models.heads import ClassifierHead, DecoderHead, ProjectionHead
 from ptft_jax.models.mlp import MlpBackbone
 from ptft_jax.models.resnet import ResNet, freeze_norms
+from ptft_jax.models.transformer import BertEncoder, GptDecoder, TransformerConfig
 
 BACKBONES = {"mlp": MlpBackbone, "cnn": CnnBackbone}
+
+
+def bert(**fields) -> BertEncoder:
+  """A BertEncoder from TransformerConfig fields (defaults: BERT-base)."""
+  return BertEncoder(TransformerConfig(**fields))
+
+
+def gpt(**fields) -> GptDecoder:
+  """A GptDecoder from TransformerConfig fields (pre-norm, causal, no token types, no pooler)."""
+  fields = dict(causal=True, pre_norm=True, type_vocab_size=0, pooler=False) | fields
+  return GptDecoder(TransformerConfig(**fields))
+
+
+BACKBONES["bert"] = bert
+BACKBONES["gpt"] = gpt
 BACKBONES["resnet"] = ResNet
 
 

@@ -1,0 +1,86 @@
+r"""BERT pretraining: masked LM + next-sentence prediction.
+
+By default on the corpus shipped with ptft_jax (Python reference prose, ~200 KB,
+no download) with a WordPiece vocabulary trained on it; or on a TFDS corpus by
+name from your data_dir.
+
+  python -m ptft_jax.main --config=configs/bert.py:tiny --workdir=runs/bert_tiny
+  python -m ptft_jax.main --config=configs/bert.py:base,dataset=wikipedia/20230601.en,\
+vocab=/path/to/vocab.txt,data_dir=/data/tfds --workdir=runs/bert_base
+
+Then fine-tune: `configs/glue.py:task=sst2,init=runs/bert_tiny` (see docs/transformers.md).
+
+Arguments (`configs/bert.py:VARIANT,key=value,...`):
+  tiny | mini | base   model size (default mini); see VARIANTS
+  dataset=NAME         a TFDS text corpus (lm1b, wikipedia/..., c4/...) instead of the
+                       shipped one; must be prepared in data_dir (array_record)
+  data_dir=DIR         TFDS data_dir (default $PTFT_DATA_DIR)
+  vocab=PATH           a BERT vocab.txt (default: train one of the variant's size on
+                       the shipped corpus, or on corpus=...)
+  corpus=PATH          local .txt files (a file or a directory) instead of the shipped corpus
+  nsp=0                masked LM only (one segment per row)
+  steps=N, lr=X, seed=N
+"""
+
+import math
+
+import ml_collections
+
+from ptft_jax.config_args import parse_arg
+from ptft_jax.data import text
+from ptft_jax.defaults import base_config
+
+# layers, hidden, heads, seq_len, vocab_size (trained vocab), batch, steps, lr
+VARIANTS = {
+    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, seq_len=64, vocab_size=4096,
+                 batch_size=32, steps=600, lr=1e-3),
+    "mini": dict(num_layers=4, hidden_size=256, num_heads=4, seq_len=128, vocab_size=4096,
+                 batch_size=64, steps=3000, lr=5e-4),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12, seq_len=128, vocab_size=30522,
+                 batch_size=256, steps=100_000, lr=1e-4),
+}
+
+
+def model_config(variant: str, vocab_size: int) -> ml_collections.ConfigDict:
+  """`config.model` of a BERT variant (TransformerConfig fields)."""
+  v = VARIANTS[variant]
+  return ml_collections.ConfigDict(dict(
+      name="bert", vocab_size=vocab_size, hidden_size=v["hidden_size"],
+      num_layers=v["num_layers"], num_heads=v["num_heads"],
+      intermediate_size=4 * v["hidden_size"], max_position_embeddings=512,
+      type_vocab_size=2, dropout_rate=0.1, attention_dropout_rate=0.1))
+
+
+def get_config(arg: str = "mini"):
+  variant = next((a for a in (arg or "").split(",") if a in VARIANTS), "mini")
+  rest = ",".join(a for a in (arg or "").split(",") if a not in VARIANTS)
+  args = parse_arg(rest, dataset="", data_dir="", vocab="", corpus="", nsp=True, steps=0,
+                   lr=0.0, seed=0)
+  v = VARIANTS[variant]
+
+  c = base_config()
+  c.seed = args["seed"]
+  c.data = text.pretraining_config(
+      format="sentence_pairs", seq_len=v["seq_len"], batch_size=v["batch_size"],
+      vocab_size=v["vocab_size"], dataset=args["dataset"], data_dir=args["data_dir"],
+      vocab=args["vocab"], corpus=args["corpus"])
+  c.data.nsp = args["nsp"]
+  if args["dataset"]:
+    c.eval_splits = ("validation",)
+  vocab_size = text.vocab_file_size(args["vocab"]) if args["vocab"] else v["vocab_size"]
+  c.model = model_config(variant, vocab_size)
+
+  c.task = ml_collections.ConfigDict(dict(
+      name="masked_lm", mask_rate=0.15,
+      max_predictions_per_seq=5 * math.ceil(0.15 * v["seq_len"] / 5)))  # BERT: 20 for 128
+
+  c.optim.lr = args["lr"] or v["lr"]
+  c.optim.weight_decay = 0.01
+  c.optim.warmup_steps = min(1000, v["steps"] // 10)
+  c.optim.decay = "linear"
+  c.train.steps = args["steps"] or v["steps"]
+  c.train.log_every = 50
+  c.train.eval_every = max(c.train.steps // 5, 1)
+  c.train.checkpoint_every = max(c.train.steps // 2, 1)
+  c.train.keep = 1
+  return c
