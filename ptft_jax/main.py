@@ -16,6 +16,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:ar
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors.")
+# --mode=eval scores a checkpoint of --workdir (its config.json; no --config) on --split.
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train, or eval a checkpoint.")
+_SPLIT = flags.DEFINE_string("split", "test", "--mode=eval: the split to score.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "--mode=eval: latest, best or a step.")
 
 
 def _main(argv):
@@ -29,6 +33,15 @@ def _main(argv):
   absl_logging.set_verbosity(absl_logging.INFO if _DEBUG.value else absl_logging.WARNING)
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required (the directory for this run's outputs)")
+  if _MODE.value == "eval":
+    from ptft_jax import evaluate
+
+    result, path = evaluate.evaluate_checkpoint(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
+    scalars = "  ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float))
+    print(f"{_SPLIT.value}: {scalars}\nwrote {path}", flush=True)
+    return
+  if _CONFIG.value is None:
+    raise ConfigError("--config is required to train (--mode=eval reads the workdir's config)")
   train.run(_CONFIG.value, _WORKDIR.value)
 
 
@@ -43,7 +56,8 @@ def _parse_flags(argv):
 
   try:
     parsed = flags.FLAGS(argv)
-    list(_CONFIG.value.keys())  # loads the file now, so its errors surface here
+    if _CONFIG.value is not None:  # --mode=eval needs none
+      list(_CONFIG.value.keys())  # loads the file now, so its errors surface here
     return parsed
   except Exception as e:  # noqa: BLE001 -- every parse failure is a user error
     raise _ConfigFailure(ConfigError(_describe(e, argv))) from None

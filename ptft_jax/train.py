@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ptft_jax import checkpoint, data, optim, sharding, steps, tasks, writers
+from ptft_jax import checkpoint, data, inference, optim, sharding, steps, tasks, writers
 from ptft_jax.config_utils import check_workdir_config, to_dict
 from ptft_jax.errors import ConfigError
 from ptft_jax.models import build_model
@@ -57,6 +57,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- data --------------------------------------------------------------------------
   bundle = data.make_data(config.data, seed=config.seed)
+  inference.write_labels(workdir, config, bundle.info)  # outputs speak in class names
 
   # --- model, task, optimizer ------------------------------------------------------------
   task, heads = tasks.build_task(config, bundle.info)

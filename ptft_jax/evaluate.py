@@ -1,0 +1,37 @@
+"""Scoring a checkpoint without training: `python -m ptft_jax.main --mode=eval`.
+
+  python -m ptft_jax.main --mode=eval --workdir=runs/digits --split=test [--checkpoint=best]
+
+Rebuilds the run from `<workdir>/config.json`, loads the checkpoint, runs the
+same evaluation pass as the train loop over `split` and writes the metrics to
+`<workdir>/eval_<split>_step<N>.json` (`eval_<split>_best_step<N>.json` for the
+best checkpoint), atomically. Nothing else in the workdir is touched.
+"""
+
+import os
+
+import jax
+
+from ptft_jax import data, inference, precision, sharding, steps, train, writers
+
+
+def evaluate_checkpoint(workdir: str, split: str = "test",
+                        checkpoint: str | int = "latest") -> tuple[dict, str]:
+  """Metrics of `checkpoint` of the run in `workdir` on `split`; returns (metrics, JSON path)."""
+  workdir = os.path.abspath(workdir)
+  config = inference.read_config(workdir)
+  mesh = sharding.make_mesh(config.get("mesh"))
+  sharding.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
+  bundle = data.make_data(config.data, seed=config.seed)
+  run = inference.load_run(workdir, checkpoint, sharding_=sharding.replicated(mesh),
+                           info=bundle.info)
+  eval_step = jax.jit(steps.make_eval_step(
+      run.model, run.task, compute_dtype=precision.compute_dtype(config)))
+  variables = dict(run.variables)
+  state = {"params": variables.pop("params"), "model_state": variables}
+  result = train.evaluate(eval_step, state, run.task, bundle, split, mesh)
+  path = os.path.join(workdir, f"eval_{split}_{run.tag}step{run.step}.json")
+  if jax.process_index() == 0:
+    writers.write_json(path, {"step": run.step, "checkpoint": str(checkpoint), "split": split,
+                              **result})
+  return result, path

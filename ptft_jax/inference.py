@@ -1,0 +1,385 @@
+"""Using a fine-tuned run: rebuild its model from the workdir, load a checkpoint, predict.
+
+A workdir knows how to rebuild itself: `config.json` (the config that ran)
+gives the model and the task, `labels.json` (written when training starts)
+gives the class names and the input format, and `checkpoints/` (or `best/`)
+the weights. Nothing here trains or writes into the workdir.
+
+  predictor = pj.load_predictor("runs/digits", checkpoint="latest")
+  out = predictor.predict(images)          # float32 [n, h, w, c] in [0, 1]
+  out.labels, out.probabilities            # ["3", ...], float32 [n, num_classes]
+
+Text runs take strings (or (text, text_b) pairs / {"text", "text_b"} dicts).
+Shapes are fixed so that `jax.jit` compiles once per shape it sees: every batch
+has `batch_size` rows (zero-padded) and texts are padded to the smallest length
+bucket that holds them (32, 64, 128, ... up to the model's
+`max_position_embeddings`); longer texts are truncated and counted.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ptft_jax import checkpoint as ckpt
+from ptft_jax import early_stopping, lora, precision, sharding, tasks, writers
+from ptft_jax.config_utils import CONFIG_FILE
+from ptft_jax.errors import CheckpointError, ConfigError, DataError
+from ptft_jax.models import build_model
+
+log = logging.getLogger("ptft_jax")
+
+LABELS_FILE = "labels.json"
+MIN_BUCKET = 32
+
+
+# --- labels.json ------------------------------------------------------------------------
+
+
+def label_record(config: ml_collections.ConfigDict, info: Any) -> dict:
+  """What prediction needs to know about the data: class names and the input format."""
+  from ptft_jax.data.text import TextInfo
+
+  if isinstance(info, TextInfo):
+    return {"kind": "text", "dataset": info.name, "format": info.format,
+            "label_type": info.label_type, "label_names": list(info.label_names),
+            "seq_len": info.seq_len, "vocab": info.vocab.path,
+            "lowercase": bool(config.data.tokenizer.get("lowercase", True))}
+  return {"kind": "image", "dataset": info.name, "label_type": "class",
+          "label_names": [str(n) for n in getattr(info, "label_names", ())],
+          "image_shape": [int(d) for d in info.image_shape]}
+
+
+def write_labels(workdir: str, config: ml_collections.ConfigDict, info: Any) -> None:
+  """Writes `<workdir>/labels.json` (process 0, atomically) so outputs speak in names."""
+  if jax.process_index() == 0:
+    writers.write_json(os.path.join(workdir, LABELS_FILE), label_record(config, info))
+
+
+def read_labels(workdir: str) -> dict | None:
+  path = os.path.join(workdir, LABELS_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _info_from_record(record: dict, config: ml_collections.ConfigDict) -> Any:
+  """The dataset info `tasks.build_task` needs, from labels.json (no data is read)."""
+  if record["kind"] == "text":
+    from ptft_jax.data.text import TextInfo, load_tokenizer
+
+    _, vocab = load_tokenizer(record["vocab"], bool(record["lowercase"]))
+    return TextInfo(name=record["dataset"], format=record["format"], seq_len=record["seq_len"],
+                    vocab=vocab, nsp=False, label_type=record["label_type"],
+                    label_names=tuple(record["label_names"]))
+  from ptft_jax.data import DatasetInfo
+
+  names = list(record["label_names"])
+  return DatasetInfo(name=record["dataset"], image_shape=tuple(record["image_shape"]),
+                     num_classes=len(names), label_names=names, splits={})
+
+
+# --- the run in a workdir ----------------------------------------------------------------
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in `<workdir>/config.json`."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise ConfigError(f"--workdir {workdir}: no {CONFIG_FILE} (not a ptft_jax run; for a staged "
+                      "config, name one stage's directory, e.g. RUN/<stage>)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def resolve_checkpoint(workdir: str, which: str | int = "latest") -> tuple[str, int, str]:
+  """`latest` | `best` | a step -> (checkpoint workdir, step, file tag: "" or "best_")."""
+  which = str(which)
+  if which == "best":
+    best = os.path.join(workdir, early_stopping.BEST_DIR)
+    steps = ckpt.complete_steps(best)
+    if not steps:
+      raise CheckpointError(
+          f"--checkpoint=best: {workdir} has no best checkpoint ({best} is missing; the run "
+          "needs config.train.early_stopping.metric); use --checkpoint=latest or a step")
+    return best, steps[-1], "best_"
+  steps = ckpt.complete_steps(workdir)
+  if which == "latest":
+    if not steps:
+      raise CheckpointError(f"--workdir {workdir}: no complete checkpoint in "
+                            f"{ckpt.checkpoint_dir(workdir)}")
+    return workdir, steps[-1], ""
+  if not which.isdigit():
+    raise ConfigError(f"--checkpoint={which!r}: use latest, best or a step number")
+  if int(which) not in steps:
+    raise CheckpointError(f"--checkpoint={which}: no such complete step in "
+                          f"{ckpt.checkpoint_dir(workdir)}; it has steps {steps}")
+  return workdir, int(which), ""
+
+
+@dataclasses.dataclass
+class Run:
+  """A run rebuilt from its workdir: model, task and the loaded variables."""
+
+  config: ml_collections.ConfigDict
+  info: Any
+  task: Any
+  model: Any
+  variables: dict  # {"params": ..., **model_state}, LoRA adapters merged
+  step: int
+  tag: str  # "" or "best_"
+
+
+def load_run(workdir: str, which: str | int = "latest", *, sharding_=None,
+             info: Any = None) -> Run:
+  """Rebuilds the model and task of `workdir` and loads checkpoint `which` onto `sharding_`.
+
+  `info` (the dataset info) defaults to the one in `labels.json`; runs older
+  than labels.json rebuild it from their data config.
+  """
+  workdir = os.path.abspath(workdir)
+  config = read_config(workdir)
+  if "stages" in config:
+    raise ConfigError(f"--workdir {workdir} holds a staged run; name one stage's directory, "
+                      f"one of {sorted(config.stages)}")
+  where, step, tag = resolve_checkpoint(workdir, which)
+  if info is None:
+    record = read_labels(workdir)
+    if record is None:
+      from ptft_jax import data
+
+      info = data.make_data(config.data, seed=config.seed).info
+    else:
+      info = _info_from_record(record, config)
+  task, heads = tasks.build_task(config, info)
+  model = build_model(precision.model_config(config), heads)
+  loaded, _ = ckpt.load_params(where, step=step, sharding=sharding_)
+  params = lora.merge_loaded(loaded["params"], workdir)
+  if not tag and float(config.optim.get("ema_decay", 0.0)) > 0:
+    log.warning("%s trained with EMA (config.optim.ema_decay); its latest checkpoint holds the "
+                "raw weights, --checkpoint=best holds the EMA ones", workdir)
+  return Run(config=config, info=info, task=task, model=model,
+             variables={"params": params, **loaded["model_state"]}, step=step, tag=tag)
+
+
+# --- prediction -------------------------------------------------------------------------
+
+
+def length_buckets(max_len: int, smallest: int = MIN_BUCKET) -> tuple[int, ...]:
+  """(32, 64, 128, ..., max_len): the padded lengths texts are compiled for."""
+  out, n = [], smallest
+  while n < max_len:
+    out.append(n)
+    n *= 2
+  return tuple(out) + (max_len,)
+
+
+@dataclasses.dataclass
+class Predictions:
+  """What `Predictor.predict` returns, rows in input order.
+
+  Attributes:
+    label_names: class names (classification) or () (regression).
+    probabilities: float32 [n, num_classes] (classification) or None.
+    values: float32 [n] regression outputs, or None.
+    truncated: how many texts were longer than the model takes.
+  """
+
+  label_names: tuple[str, ...]
+  probabilities: np.ndarray | None = None
+  values: np.ndarray | None = None
+  truncated: int = 0
+
+  def __len__(self) -> int:
+    return len(self.values if self.probabilities is None else self.probabilities)
+
+  @property
+  def labels(self) -> list[str]:
+    """The predicted class name per row (classification)."""
+    return [self.label_names[i] for i in np.argmax(self.probabilities, axis=-1)]
+
+  def row(self, i: int) -> dict:
+    """Row `i` as JSON: {"label", "probabilities": {name: p}} or {"value"}."""
+    if self.probabilities is None:
+      return {"value": float(self.values[i])}
+    p = self.probabilities[i]
+    return {"label": self.label_names[int(np.argmax(p))],
+            "probabilities": {n: round(float(v), 6) for n, v in zip(self.label_names, p,
+                                                                   strict=True)}}
+
+
+class Predictor:
+  """Batched, sharded prediction with a fine-tuned run (see the module docstring).
+
+  Attributes:
+    run: the rebuilt run (config, info, task, model, variables, step).
+    batch_size: rows per compiled batch (a multiple of the local devices).
+    buckets: padded text lengths (text runs).
+    traces: how often the forward function was traced, i.e. compiled.
+  """
+
+  def __init__(self, run: Run, mesh, *, batch_size: int | None = None,
+               max_length: int | None = None):
+    self.run, self.mesh = run, mesh
+    task = run.task
+    if not (hasattr(task, "num_classes") or task.kind == "text_regression"):
+      raise ConfigError(f"config.task.name={run.config.task.name!r}: prediction needs a "
+                        "classification or regression run (a fine-tuned one)")
+    self.classify = hasattr(task, "num_classes")
+    self.label_names = tuple(getattr(run.info, "label_names", ())) if self.classify else ()
+    if self.classify and len(self.label_names) != task.num_classes:
+      self.label_names = tuple(str(i) for i in range(task.num_classes))
+    div = sharding.batch_divisor(mesh)
+    size = batch_size or int(run.config.data.get("eval_batch_size", 64))
+    self.batch_size = math.ceil(size / div) * div
+    self.text = hasattr(run.info, "vocab")
+    self.buckets: tuple[int, ...] = ()
+    if self.text:
+      from ptft_jax.data.text import load_tokenizer
+
+      limit = int(run.config.model.get("max_position_embeddings", run.info.seq_len))
+      self.max_length = min(int(max_length or limit), limit)
+      self.buckets = length_buckets(self.max_length)
+      self.tokenizer, self.vocab = load_tokenizer(run.info.vocab.path,
+                                                  bool(run.config.data.tokenizer.lowercase))
+    self.traces = 0
+    self._dtype = precision.compute_dtype(run.config)
+    self._forward = jax.jit(self._apply)
+    self._in_sharding = sharding.batch_sharding(mesh)
+
+  def _apply(self, variables: dict, batch: dict) -> jax.Array:
+    self.traces += 1  # runs only while tracing: counts compilations
+    variables = precision.cast_floating(variables, self._dtype)
+    out = self.run.model.apply(variables, precision.cast_floating(batch, self._dtype),
+                               train=False, heads=(self.run.task.head_name,))
+    out = out[self.run.task.head_name].astype(jnp.float32)
+    return jax.nn.softmax(out, axis=-1) if self.classify else out[:, 0]
+
+  def _batched(self, columns: dict[str, np.ndarray], bar=None) -> np.ndarray:
+    """Runs rows of `columns` through the model in fixed-size, zero-padded batches."""
+    n = len(next(iter(columns.values())))
+    outs = []
+    for start in range(0, n, self.batch_size):
+      chunk = {k: v[start:start + self.batch_size] for k, v in columns.items()}
+      rows = len(next(iter(chunk.values())))
+      padded = {k: np.concatenate([v, np.zeros((self.batch_size - rows, *v.shape[1:]), v.dtype)])
+                for k, v in chunk.items()}
+      batch = jax.device_put(padded, self._in_sharding)
+      outs.append(np.asarray(self._forward(self.run.variables, batch))[:rows])
+      if bar is not None:
+        bar.update(rows)
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+  def encode_texts(self, texts: Sequence[str], pairs: Sequence[str | None] | None = None):
+    """Texts -> ([(row indices, columns int32 [m, bucket])], number truncated)."""
+    from ptft_jax.data.text.examples import encode_labeled
+
+    pairs = list(pairs) if pairs is not None else [None] * len(texts)
+    inputs = [t if p is None else (t, p) for t, p in zip(texts, pairs, strict=True)]
+    lengths = [len(e.ids) for e in self.tokenizer.encode_batch(inputs)]
+    truncated = sum(n > self.max_length for n in lengths)
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, n in enumerate(lengths):
+      bucket = next(b for b in self.buckets if b >= min(n, self.max_length))
+      groups.setdefault((bucket, pairs[i] is not None), []).append(i)
+    encoded = []
+    for (bucket, paired), rows in sorted(groups.items()):
+      columns = encode_labeled(self.tokenizer, self.vocab, [texts[i] for i in rows],
+                               [pairs[i] for i in rows] if paired else None, bucket)
+      encoded.append((np.asarray(rows), columns))
+    return encoded, truncated
+
+  def predict(self, inputs, *, progress: bool = False) -> Predictions:
+    """Predictions for `inputs`, in order.
+
+    Args:
+      inputs: image runs: float [n, h, w, c] in [0, 1] (integer arrays are
+        scaled by their dtype's maximum, as in training); text runs: strings,
+        (text, text_b) pairs or {"text", "text_b"} dicts.
+      progress: show a progress bar (tqdm, on stderr).
+    """
+    from tqdm import tqdm
+
+    n = len(inputs)
+    bar = tqdm(total=n, unit="ex", disable=not progress, leave=False)
+    truncated = 0
+    try:
+      if self.text:
+        texts, pairs = _split_texts(inputs)
+        encoded, truncated = self.encode_texts(texts, pairs)
+        out = None
+        for rows, columns in encoded:
+          part = self._batched(columns, bar)
+          if out is None:
+            out = np.zeros((n, *part.shape[1:]), np.float32)
+          out[rows] = part
+        if out is None:
+          out = np.zeros((0, len(self.label_names)) if self.classify else (0,), np.float32)
+      else:
+        out = self._batched({"image": self.check_images(inputs)}, bar)
+    finally:
+      bar.close()
+    if truncated:
+      log.warning("%d of %d texts were longer than %d tokens and were truncated",
+                  truncated, n, self.max_length)
+    if self.classify:
+      out = out.reshape(n, len(self.label_names))
+      return Predictions(self.label_names, probabilities=out, truncated=truncated)
+    return Predictions((), values=out.reshape(n), truncated=truncated)
+
+  def check_images(self, images) -> np.ndarray:
+    """float32 [n, h, w, c] in [0, 1] of the run's image shape (DataError otherwise)."""
+    images = np.asarray(images)
+    shape, given = tuple(self.run.info.image_shape), images.shape[1:]
+    if images.ndim == 3 and shape[-1] == 1:
+      images = images[..., None]
+    if images.shape[1:] != shape:
+      raise DataError(f"images of shape {given} per example; this run takes {shape} "
+                      "([height, width, channels])")
+    return to_unit_range(images)
+
+
+def to_unit_range(images: np.ndarray) -> np.ndarray:
+  """Integer pixels / the dtype's maximum, floats as they are (ptft_jax/data/transforms.py)."""
+  scale = np.iinfo(images.dtype).max if np.issubdtype(images.dtype, np.integer) else 1
+  return images.astype(np.float32) / np.float32(scale)
+
+
+def _split_texts(inputs) -> tuple[list[str], list[str | None] | None]:
+  texts, pairs = [], []
+  for i, x in enumerate(inputs):
+    if isinstance(x, str):
+      t, p = x, None
+    elif isinstance(x, dict):
+      t, p = x.get("text"), x.get("text_b")
+    elif isinstance(x, (tuple, list)) and len(x) == 2:
+      t, p = x
+    else:
+      t, p = None, None
+    if not isinstance(t, str) or not (p is None or isinstance(p, str)):
+      raise DataError(f"input {i}: expected a string, a (text, text_b) pair or a "
+                      f'{{"text": ...}} dict, got {type(x).__name__}')
+    texts.append(t)
+    pairs.append(p)
+  return texts, (pairs if any(p is not None for p in pairs) else None)
+
+
+def load_predictor(workdir: str, checkpoint: str | int = "latest", *,
+                   batch_size: int | None = None, max_length: int | None = None) -> Predictor:
+  """A `Predictor` for the run in `workdir` at `checkpoint` (latest | best | a step).
+
+  Uses every local device (batches are split over them). `max_length` caps
+  the text length (default: the model's `max_position_embeddings`).
+  """
+  mesh = sharding.make_mesh({"data": -1}, devices=jax.local_devices())
+  run = load_run(workdir, checkpoint, sharding_=sharding.replicated(mesh))
+  return Predictor(run, mesh, batch_size=batch_size, max_length=max_length)
