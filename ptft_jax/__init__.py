@@ -17,6 +17,7 @@ The functional API (`import ptft_jax as pj`):
 
 from ptft_jax import checkpoint, data, losses, metrics, models, optim, sharding, tasks, tasks_text
 from ptft_jax.defaults import base_config
+from ptft_jax.inference import load_predictor as load_predictor  # noqa: PLC0414 -- public API
 from ptft_jax.optim import make_optimizer, make_schedule
 from ptft_jax.sharding import host_to_global, make_mesh, replicated
 from ptft_jax.steps import init_variables, make_eval_step, make_train_step

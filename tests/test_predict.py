@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ptft_jax import base_config, checkpoint, data, inference, predict, tasks, train
+from ptft_jax import base_config, checkpoint, data, evaluate, inference, predict, tasks, train
 from ptft_jax.data import text
-from ptft_jax.errors import CheckpointError, DataError
+from ptft_jax.errors import CheckpointError, ConfigError, DataError
 from ptft_jax.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,20 +162,21 @@ def test_eval_mode_writes_metrics_and_changes_nothing_else(digits_run):
   assert metrics["step"] == 6 and metrics["split"] == "test"
   assert metrics["accuracy"] == pytest.approx(result["test"]["accuracy"], abs=1e-9)
   assert f"accuracy={result['test']['accuracy']:.4f}" in r.stdout
-  r = subprocess.run([sys.executable, "-m", "ptft_jax.main", "--mode=eval", f"--workdir={workdir}",
-                      "--checkpoint=best2"], cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert r.returncode == 2 and r.stderr.strip() == (
-      "error: --checkpoint='best2': use latest, best or a step number")
+  with pytest.raises(ConfigError, match=r"^--checkpoint='best2': use latest, best or a step"):
+    evaluate.evaluate_checkpoint(workdir, "test", "best2")
   assert _digest(workdir) == after
 
 
 # --- text ---------------------------------------------------------------------------------
 
 
+_FILLER = "the a of is and value object name list type when it can be".split()
+_TOPICS = ["integer float number arithmetic".split(), "string character text unicode".split()]
+
+
 def _text_jsonl(path, n, seed):
   rng = np.random.default_rng(seed)
-  filler = "the a of is and value object name list type when it can be".split()
-  topics = ["integer float number arithmetic".split(), "string character text unicode".split()]
+  filler, topics = _FILLER, _TOPICS
   names = ["numbers", "strings"]
   with open(path, "w") as f:
     for i in range(n):
@@ -194,15 +195,18 @@ def text_run(tmp_path_factory):
   c.data.files = {s: _text_jsonl(root / f"{s}.jsonl", 64, i)
                   for i, s in enumerate(("train", "validation", "test"))}
   c.data.seq_len, c.data.batch_size, c.data.eval_batch_size = 32, 16, 32
-  c.data.tokenizer.vocab_size = 1024
-  c.model = dict(name="bert", vocab_size=1024, hidden_size=16, num_layers=1, num_heads=2,
+  letters = [p + ch for p in ("", "##") for ch in "abcdefghijklmnopqrstuvwxyz"]
+  vocab = list(dict.fromkeys([*text.SPECIAL_TOKENS, *_FILLER, *sum(_TOPICS, []), *letters]))
+  (root / "vocab.txt").write_text("\n".join(vocab) + "\n")  # no vocabulary training
+  c.data.tokenizer.vocab, c.data.tokenizer.vocab_size = str(root / "vocab.txt"), len(vocab)
+  c.model = dict(name="bert", vocab_size=len(vocab), hidden_size=16, num_layers=1, num_heads=2,
                  intermediate_size=32, max_position_embeddings=128, dropout_rate=0.0,
                  attention_dropout_rate=0.0)
   c.task = dict(name="text_classification", pooling="mean", head_dropout_rate=0.0)
   c.optim.warmup_steps = 1
   c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 2, 1, 0, 2
   c.train.tensorboard = False
-  c.eval_splits = ("test",)
+  c.eval_splits = ()  # no final evaluation: saves a compilation
   workdir = str(root / "run")
   train.train_and_evaluate(c, workdir)
   return workdir
