@@ -7,13 +7,19 @@ what it needs:
   data    the Grain iterator state      (the next batch after resume is the same)
   meta    JSON: step, model name, task  (human-readable)
 
-Saves are asynchronous and committed atomically by Orbax (a step directory is
-only listed once complete). Restores always take explicit target shardings, so
-a checkpoint saved on one topology restores on another.
+Saves are asynchronous and committed atomically by Orbax: a step is written to
+`<step>.orbax-checkpoint-tmp*`, gets `commit_success.txt`, and is renamed to
+`<step>`. Only steps holding `commit_success.txt` count as complete
+(`complete_steps`); a writable manager first removes what a kill left behind (a
+tmp directory, or a step that an interrupted cleanup half deleted). A failure of
+the background commit surfaces as a CheckpointError at the next `save` or `wait`.
+Restores always take explicit target shardings, so a checkpoint saved on one
+topology restores on another.
 """
 
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,15 +27,47 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from ptft_jax.errors import CheckpointError
 from ptft_jax.optim import tree_paths
 
 CHECKPOINT_DIR = "checkpoints"
+COMMIT_FILE = "commit_success.txt"  # Orbax writes it last, before the atomic rename
+TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def complete_steps(workdir: str) -> list[int]:
+  """Steps of `<workdir>/checkpoints` that Orbax finished committing, ascending."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isfile(os.path.join(directory, n, COMMIT_FILE)))
+
+
+def remove_incomplete(workdir: str) -> list[str]:
+  """Deletes unfinished saves under `<workdir>/checkpoints`; returns their names.
+
+  These are `*.orbax-checkpoint-tmp*` directories (a save killed before its
+  commit) and step directories without `commit_success.txt` (a deletion of an
+  old step killed half way). Neither is ever read as a checkpoint.
+  """
+  directory = checkpoint_dir(workdir)
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return []
+  removed = []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    partial = name.isdigit() and not os.path.isfile(os.path.join(path, COMMIT_FILE))
+    if os.path.isdir(path) and (TMP_MARK in name or partial):
+      shutil.rmtree(path)
+      removed.append(name)
+  return removed
 
 
 def _handlers() -> dict[str, Any]:
@@ -43,7 +81,14 @@ def _handlers() -> dict[str, Any]:
 
 def make_manager(workdir: str, *, max_to_keep: int = 3, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
-  """An Orbax CheckpointManager over `<workdir>/checkpoints` keeping the latest `max_to_keep`."""
+  """An Orbax CheckpointManager over `<workdir>/checkpoints` keeping the latest `max_to_keep`.
+
+  A writable manager starts by removing unfinished saves (`remove_incomplete`).
+  """
+  if not read_only:
+    remove_incomplete(workdir)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("ptft_jax.remove_incomplete")
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, enable_async_checkpointing=async_save, read_only=read_only,
       create=not read_only)
@@ -64,7 +109,31 @@ def save(manager: ocp.CheckpointManager, state: dict, *, data_iterator=None,
   }
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+  try:  # also raises what an earlier save's background commit left
+    return manager.save(step, args=ocp.args.Composite(**items), force=force)
+  except Exception as e:  # noqa: BLE001 -- any failure means the checkpoint is not saved
+    raise _save_failed(manager, e) from e
+
+
+def wait(manager: ocp.CheckpointManager):
+  """Waits for the async save in flight; a failed commit raises CheckpointError."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001
+    raise _save_failed(manager, e) from e
+
+
+def _save_failed(manager: ocp.CheckpointManager, e: BaseException) -> CheckpointError:
+  steps = complete_steps(os.path.dirname(str(manager.directory)))
+  latest = f"step {steps[-1]}" if steps else "none"
+  return CheckpointError(
+      f"saving a checkpoint in {manager.directory} failed ({type(e).__name__}: "
+      f"{_first_line(e)}); it is not saved; the latest complete checkpoint: {latest}")
+
+
+def _first_line(e: BaseException) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return lines[0][:300] if lines else type(e).__name__
 
 
 def abstract(tree) -> Any:
@@ -75,46 +144,100 @@ def abstract(tree) -> Any:
 
 def restore(manager: ocp.CheckpointManager, state: dict, *, step: int | None = None,
             data_iterator=None) -> dict:
-  """Restores the full train state (and the data iterator in place) into `state`'s shardings."""
+  """Restores the full train state (and the data iterator in place) into `state`'s shardings.
+
+  A checkpoint of another model or optimizer raises one CheckpointError that lists
+  every differing path with both shapes; unreadable files raise CheckpointError too.
+  """
   step = manager.latest_step() if step is None else step
-  items = {
-      "params": ocp.args.StandardRestore(abstract(
-          {"params": state["params"], "model_state": state["model_state"]})),
-      "train": ocp.args.StandardRestore(abstract(
-          {"step": state["step"], "opt_state": state["opt_state"], "rng": state["rng"]})),
+  where = f"{manager.directory}/{step}"
+  targets = {
+      "params": {"params": state["params"], "model_state": state["model_state"]},
+      "train": {"step": state["step"], "opt_state": state["opt_state"], "rng": state["rng"]},
   }
+  metadata = _read_metadata(manager, step)
+  diffs = []
+  for item, target in targets.items():
+    if metadata.get(item) is None:
+      raise CheckpointError(f"cannot resume from {where}: it has no {item!r} item (a "
+                            "params-only checkpoint, e.g. imported weights?); use a new --workdir")
+    diffs += _shape_diffs(_shapes(metadata[item]), _shapes(target))
+  if diffs:
+    raise CheckpointError(
+        f"cannot resume from {where}: it holds another model or optimizer ({len(diffs)} "
+        f"difference(s): {'; '.join(diffs)}); use a new --workdir")
+  items = {k: ocp.args.StandardRestore(abstract(t)) for k, t in targets.items()}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-  except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(
-        f"cannot resume from {manager.directory}/{step}: it does not match this model/optimizer "
-        f"({str(e).splitlines()[0][:300]}); use a new --workdir") from None
+  restored = _restore(manager, step, items)
   return {**restored["params"], **restored["train"]}
 
 
+def _corrupt(where: str, e: BaseException) -> CheckpointError:
+  return CheckpointError(
+      f"cannot read checkpoint {where}: {type(e).__name__}: {_first_line(e)[:160]}; its files are "
+      "corrupt or incomplete (move that step directory away to use an earlier one)")
+
+
+def _read_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
+  try:
+    return dict(manager.item_metadata(step).items())
+  except Exception as e:  # noqa: BLE001 -- unreadable metadata is a corrupt checkpoint
+    raise _corrupt(f"{manager.directory}/{step}", e) from None
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, items: dict) -> dict:
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # noqa: BLE001 -- shapes were checked: what is left is bad files
+    raise _corrupt(f"{manager.directory}/{step}", e) from None
+
+
+def _key(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{"a/b/0/c": shape} for a live tree or an Orbax metadata tree (same path names)."""
+  tree = getattr(tree, "tree", tree)  # orbax TreeMetadata wraps the tree
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_key(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _shape_diffs(saved: dict[str, tuple], want: dict[str, tuple]) -> list[str]:
+  out = [f"{p}: checkpoint {saved[p]} vs model {want[p]}"
+         for p in sorted(set(saved) & set(want)) if saved[p] != want[p]]
+  out += [f"{p}: not in checkpoint, model {want[p]}" for p in sorted(set(want) - set(saved))]
+  out += [f"{p}: checkpoint {saved[p]}, not in model" for p in sorted(set(saved) - set(want))]
+  return out
+
+
 def load_params(workdir: str, *, step: int | None = None, sharding=None) -> tuple[dict, int]:
-  """Reads `{"params", "model_state"}` of a run's latest (or given) step onto `sharding`."""
+  """Reads `{"params", "model_state"}` of the latest complete (or given) step onto `sharding`."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise CheckpointError(
         f"no checkpoints in {workdir!r} (expected {directory}); "
         "check config.init.pretrained_workdir")
-  manager = make_manager(workdir, read_only=True)
-  step = manager.latest_step() if step is None else step
-  if step is None:
+  steps = complete_steps(workdir)
+  if step is None and not steps:
     raise CheckpointError(f"no complete checkpoint under {directory}")
+  step = steps[-1] if step is None else step
+  manager = make_manager(workdir, read_only=True)
   try:
-    metadata = manager.item_metadata(step)["params"]
-  except Exception as e:  # noqa: BLE001 -- any failure here means an unreadable checkpoint
-    raise CheckpointError(f"cannot read checkpoint {directory}/{step}: {e}") from None
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), metadata)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(target)))
-  manager.close()
+    metadata = _read_metadata(manager, step).get("params")
+    if metadata is None:
+      raise CheckpointError(f"checkpoint {directory}/{step} has no readable 'params' item "
+                            "(corrupt, or not a ptft_jax checkpoint)")
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), metadata)
+    restored = _restore(manager, step, {"params": ocp.args.StandardRestore(target)})
+  finally:
+    manager.close()
   return restored["params"], step
 
 

@@ -3,10 +3,12 @@
 import difflib
 import json
 import os
+import time
 from typing import Any
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
 from ptft_jax.errors import ConfigError
 
@@ -33,30 +35,69 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
   return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: str):
+def workdir_config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """What differs between `config` and the run in `workdir` ("key: old -> new" each).
+
+  Empty when the workdir holds no run: no `config.json`, or no complete checkpoint
+  (a run that failed before its first save left nothing to protect). Keys in
+  `config.resumable_keys` may change.
+  """
+  from ptft_jax import checkpoint  # late: keeps this module light
+
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path) or not checkpoint.complete_steps(workdir):
+    return []
+  new = to_dict(config)
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path}: unreadable ({e}); it records the run in that workdir: "
+                      "restore it, or use a new --workdir") from None
+  allowed = set(new.get("resumable_keys", ())) | {"resumable_keys"}
+  return [c for c in _diff(old, new) if c.split(":")[0] not in allowed]
+
+
+def move_aside(workdir: str) -> str:
+  """Renames `workdir` to `<workdir>.old-<timestamp>` (never deletes); returns the new path."""
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  target = f"{workdir.rstrip(os.sep)}.old-{stamp}"
+  n = 1
+  while os.path.exists(target):
+    n += 1
+    target = f"{workdir.rstrip(os.sep)}.old-{stamp}-{n}"
+  if jax.process_index() == 0:
+    os.rename(workdir, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("ptft_jax.move_aside")
+  return target
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
+                         overwrite: bool = False) -> str | None:
   """Writes `<workdir>/config.json`, or checks it equals the run already there.
 
   Resuming needs the same config; a different one would silently mix two
   experiments in one workdir, so it is an error (keys that may change on resume,
-  like `train.steps`, are listed in `config.resumable_keys`).
+  like `train.steps`, are listed in `config.resumable_keys`) -- unless
+  `overwrite`, which moves the old run aside (see `move_aside`) and returns where.
   """
-  new = to_dict(config)
+  moved = None
+  changes = workdir_config_changes(config, workdir)
+  if changes and not overwrite:
+    raise ConfigError(
+        f"workdir {workdir} holds a run with a different config ({'; '.join(changes[:5])}); "
+        "use a new --workdir, or pass --overwrite to move the old run aside")
+  if changes:
+    moved = move_aside(workdir)
   path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    allowed = set(new.get("resumable_keys", ())) | {"resumable_keys"}
-    changes = [c for c in _diff(old, new) if c.split(":")[0] not in allowed]
-    if changes:
-      raise ConfigError(
-          f"workdir {workdir} holds a run with a different config ({'; '.join(changes[:5])}); "
-          "use a new --workdir, or delete the old run")
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-      json.dump(new, f, indent=1, sort_keys=True)
+      json.dump(to_dict(config), f, indent=1, sort_keys=True)
     os.replace(tmp, path)
+  return moved
 
 
 def suggest_key(config: ml_collections.ConfigDict, dotted: str) -> str:

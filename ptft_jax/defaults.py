@@ -53,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.keep = 3
   c.train.tensorboard = True
+  # A NaN / Inf loss or gradient: "stop" ends the run naming the step (nothing
+  # non-finite is ever saved); "skip" keeps the old state for that step, up to
+  # max_consecutive_skips steps in a row, then stops.
+  c.train.nan_policy = "stop"
+  c.train.max_consecutive_skips = 10
 
   c.init = ml_collections.ConfigDict()
   c.init.pretrained_workdir = ""  # a ptft_jax run (or converted model) to load from
@@ -64,5 +69,6 @@ def base_config() -> ml_collections.ConfigDict:
   # Keys that may change when resuming in the same workdir (logging cadence and
   # the step budget); any other change is refused, so two experiments never mix.
   c.resumable_keys = ("train.steps", "train.log_every", "train.eval_every",
-                      "train.checkpoint_every", "train.keep", "train.tensorboard")
+                      "train.checkpoint_every", "train.keep", "train.tensorboard",
+                      "train.nan_policy", "train.max_consecutive_skips")
   return c

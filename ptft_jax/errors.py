@@ -19,3 +19,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   """A checkpoint is missing, corrupt or does not match the model."""
+
+
+class NonFiniteError(UserError, FloatingPointError):
+  """Training produced a NaN / Inf loss or gradient (see config.train.nan_policy)."""

@@ -4,6 +4,9 @@ r"""Command line: run a config-file experiment.
   python -m ptft_jax.main --config=configs/digits.py:cnn --workdir=runs/x --config.optim.lr=3e-4
 
 A user error prints one line and exits with status 2 (add --debug for the traceback).
+SIGTERM saves the current step and exits 0; the same command resumes. A workdir
+holding a run with a different config is refused unless --overwrite, which moves
+the old run aside to `<workdir>.old-<timestamp>`.
 """
 
 import re
@@ -16,6 +19,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:ar
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "If --workdir holds a run with a different config, move it aside to "
+    "<workdir>.old-<timestamp> and start fresh (never deletes).")
 # --mode=eval scores a checkpoint of --workdir (its config.json; no --config) on --split.
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train, or eval a checkpoint.")
 _SPLIT = flags.DEFINE_string("split", "test", "--mode=eval: the split to score.")
@@ -29,8 +35,9 @@ def _main(argv):
   from ptft_jax import train  # late import: flag errors should not wait for jax
   from ptft_jax.errors import ConfigError
 
-  # Orbax and TFDS log every file they touch at INFO; keep the console to our lines.
-  absl_logging.set_verbosity(absl_logging.INFO if _DEBUG.value else absl_logging.WARNING)
+  # Orbax and TFDS log every file they touch at INFO and chat at WARNING; keep the
+  # console to our lines (--debug shows everything).
+  absl_logging.set_verbosity(absl_logging.INFO if _DEBUG.value else absl_logging.ERROR)
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required (the directory for this run's outputs)")
   if _MODE.value == "eval":
@@ -42,7 +49,7 @@ def _main(argv):
     return
   if _CONFIG.value is None:
     raise ConfigError("--config is required to train (--mode=eval reads the workdir's config)")
-  train.run(_CONFIG.value, _WORKDIR.value)
+  train.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
 
 
 def _one_line(e: BaseException) -> str:
@@ -65,6 +72,10 @@ def _parse_flags(argv):
 
 def _describe(e: BaseException, argv) -> str:
   text = str(e).replace("\\'", "'").replace("\\n", "\n")
+  bad_value = re.match(r"flag --config\.(\S+?)=(.*?): (.*)", text)
+  if bad_value:  # a value of the wrong type
+    key, value, reason = bad_value.groups()
+    return f"config.{key}: cannot use {value!r} ({reason.strip().splitlines()[0]})"
   hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
   if hint:  # ml_collections' suggestion for one component of an override key
     right, wrong = hint.groups()
@@ -90,23 +101,47 @@ class _ConfigFailure(Exception):
     self.error = error
 
 
+def _quiet_unraisable(hook):
+  """Drops 'Event loop is closed' from TensorStore reads that finish after Orbax gave up
+  on a corrupt checkpoint (the CheckpointError already said what is wrong)."""
+
+  def quiet(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value)):
+      hook(unraisable)
+
+  quiet.ptft_quiet = True
+  return quiet
+
+
 def main():
-  """Entry point: parses flags; user errors become one line and exit status 2."""
+  """Entry point: parses flags; user errors become one line and exit status 2.
+
+  A preempted run (SIGTERM) exits 0 after its checkpoint is saved.
+  """
+  from ptft_jax import preemption
   from ptft_jax.errors import UserError
 
   debug = "--debug" in sys.argv
-  try:
-    app.run(_main, flags_parser=_parse_flags)
-  except _ConfigFailure as e:
-    if debug:
-      raise e.error from e.__cause__
-    print(f"error: {e.error}", file=sys.stderr)
-    sys.exit(2)
-  except UserError as e:
-    if debug:
-      raise
-    print(f"error: {_one_line(e)}", file=sys.stderr)
-    sys.exit(2)
+  if not debug and not hasattr(sys.unraisablehook, "ptft_quiet"):
+    sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+  # From here on a SIGTERM is a request to save and exit 0, even before training starts.
+  with preemption.watch(early=True):
+    try:
+      app.run(_main, flags_parser=_parse_flags)
+    except preemption.Preempted as e:
+      print(e, flush=True)
+      sys.exit(0)
+    except _ConfigFailure as e:
+      if debug:
+        raise e.error from e.__cause__
+      print(f"error: {e.error}", file=sys.stderr)
+      sys.exit(2)
+    except UserError as e:
+      if debug:
+        raise
+      print(f"error: {_one_line(e)}", file=sys.stderr)
+      sys.exit(2)
 
 
 if __name__ == "__main__":

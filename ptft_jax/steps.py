@@ -28,7 +28,7 @@ def init_variables(model: nn.Module, batch: dict, rng: jax.Array) -> tuple[dict,
 
 def make_train_step(
     model: nn.Module, task: Any, tx: optax.GradientTransformation, *,
-    heads: Sequence[str] | None = None, trainable: Any = None,
+    heads: Sequence[str] | None = None, trainable: Any = None, nan_policy: str = "stop",
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
   """Builds `train_step(state, batch) -> (state, metrics)`; jit it (donate the state).
 
@@ -41,8 +41,14 @@ def make_train_step(
       covers only these leaves, so frozen leaves' gradients stay dead code.
       BatchNorms whose params are all frozen use their running averages and
       keep their statistics (backbones with `batch_norm="auto"`, see resnet.py).
+    nan_policy: metrics["finite"] says whether the loss and gradient norm are
+      finite (the host reads it only at log steps and saves). "skip" also keeps
+      params, optimizer and model state unchanged on a non-finite step (a select
+      inside the step, no host sync); "stop" (default) leaves the host to stop.
   """
   heads = tuple(heads) if heads else None
+  if nan_policy not in ("stop", "skip"):
+    raise ValueError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
 
   def train_step(state, batch):
     rng, step_rng = jax.random.split(state["rng"])
@@ -69,7 +75,14 @@ def make_train_step(
     else:
       grad_leaves = [g for g, t in zip(jax.tree_util.tree_leaves(grads),
                                        jax.tree_util.tree_leaves(trainable), strict=True) if t]
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grad_leaves)}
+    grad_norm = optax.tree.norm(grad_leaves)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if nan_policy == "skip":  # a non-finite step changes nothing but the step and the rng
+      keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+      params = keep(params, state["params"])
+      opt_state = keep(opt_state, state["opt_state"])
+      new_model_state = keep(new_model_state, model_state)
+    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "finite": finite}
     new_state = {"step": state["step"] + 1, "params": params, "model_state": new_model_state,
                  "opt_state": opt_state, "rng": rng}
     return new_state, metrics
