@@ -3,8 +3,11 @@
 All take images [batch, h, w, c] in [0, 1] and return the same shape.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ptft_jax.errors import ConfigError
 
@@ -49,25 +52,38 @@ def color_jitter(rng: jax.Array, images: jax.Array, strength: float) -> jax.Arra
   return (images - mean) * contrast + mean + brightness
 
 
-def augment_images(
-    rng: jax.Array, images: jax.Array, *, max_shift: int = 0, noise: float = 0.0,
-    dropout: float = 0.0, jitter: float = 0.0, crop_scale: float = 0.0, flip: bool = False,
-    color: float = 0.0, color_prob: float = 0.8, grayscale: float = 0.0, **unknown,
-) -> jax.Array:
+def augment_images(rng: jax.Array, images: jax.Array, **options) -> jax.Array:
   """Applies the selected augmentations to images [batch, h, w, c]; same shape out.
 
-  Order: resized crop (`crop_scale` > 0: the smallest area fraction) -> shift ->
-  horizontal flip -> colour distortion (`color` strength, applied with
-  probability `color_prob`) -> grayscale (probability) -> brightness/contrast
-  jitter -> pixel dropout -> noise. The first four options' keys are split as
-  before the others existed, so their outputs did not change; the others draw
-  theirs from `fold_in(rng, 1)`. SimCLR on CIFAR: crop_scale=0.08, flip=True,
-  color=0.5, grayscale=0.2.
+  Options (all off by default): max_shift (int pixels), noise (stddev), dropout
+  (pixel rate), jitter (brightness/contrast strength), crop_scale (> 0: random
+  resized crop with this smallest area fraction), flip (bool), color (SimCLR
+  colour distortion strength), color_prob (its probability, 0.8), grayscale
+  (probability). Order: resized crop -> shift -> flip -> colour distortion ->
+  grayscale -> jitter -> pixel dropout -> noise. The first four options' keys
+  are split as before the others existed, so their outputs did not change; the
+  others draw theirs from `fold_in(rng, 1)`. SimCLR on CIFAR: crop_scale=0.08,
+  flip=True, color=0.5, grayscale=0.2.
+
+  Compiled as one program per option set, also when called outside jit (a
+  task's example batch), instead of one small program per operation.
   """
+  unknown = sorted(set(options) - set(AUGMENT_OPTIONS))
   if unknown:
     raise ConfigError(
-        f"config.task.augment: unknown option(s) {sorted(unknown)}; choose from "
+        f"config.task.augment: unknown option(s) {unknown}; choose from "
         f"{sorted(AUGMENT_OPTIONS)}")
+  return _augment(rng, images, **options)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "max_shift", "noise", "dropout", "jitter", "crop_scale", "flip", "color", "color_prob",
+    "grayscale"))
+def _augment(
+    rng: jax.Array, images: jax.Array, *, max_shift: int = 0, noise: float = 0.0,
+    dropout: float = 0.0, jitter: float = 0.0, crop_scale: float = 0.0, flip: bool = False,
+    color: float = 0.0, color_prob: float = 0.8, grayscale: float = 0.0,
+) -> jax.Array:
   k_shift, k_jit, k_drop, k_noise = jax.random.split(rng, 4)
   k_crop, k_flip, k_color, k_gray = jax.random.split(jax.random.fold_in(rng, 1), 4)
   x = random_resized_crop(k_crop, images, crop_scale)
@@ -90,6 +106,14 @@ def random_flip(rng: jax.Array, images: jax.Array, prob: float = 0.5) -> jax.Arr
   return jnp.where(flip, images[:, :, ::-1], images)
 
 
+def _bilinear_weights(start: jax.Array, length: jax.Array, size: int) -> jax.Array:
+  """[b, size, size] resampling matrices: row i linearly interpolates the input at
+  `start + (i + 0.5) * length / size - 0.5` (pixel centres; clamped to the image)."""
+  centres = (jnp.arange(size) + 0.5) * (length[:, None] / size) - 0.5 + start[:, None]
+  centres = jnp.clip(centres, 0.0, size - 1.0)
+  return jnp.maximum(0.0, 1.0 - jnp.abs(centres[:, :, None] - jnp.arange(size)))
+
+
 def random_resized_crop(
     rng: jax.Array, images: jax.Array, min_scale: float,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -98,11 +122,12 @@ def random_resized_crop(
 
   The box covers an area fraction U[min_scale, 1] of the image with aspect
   (width / height) log-uniform in `ratio`; a side longer than the image is cut
-  to the image (instead of re-drawing). `min_scale` <= 0 returns the input.
+  to the image (instead of re-drawing). The resize is two batched matmuls with
+  interpolation matrices. `min_scale` <= 0 returns the input.
   """
   if min_scale <= 0:
     return images
-  b, h, w, c = images.shape
+  b, h, w, _ = images.shape
   k_area, k_ratio, k_y, k_x = jax.random.split(rng, 4)
   area = jax.random.uniform(k_area, (b,), minval=min_scale, maxval=1.0) * h * w
   aspect = jnp.exp(jax.random.uniform(
@@ -111,14 +136,9 @@ def random_resized_crop(
   crop_w = jnp.clip(jnp.sqrt(area * aspect), 1.0, w)
   top = jax.random.uniform(k_y, (b,)) * (h - crop_h)
   left = jax.random.uniform(k_x, (b,)) * (w - crop_w)
-  scale = jnp.stack([h / crop_h, w / crop_w], axis=-1)  # >= 1: never a downsample
-  translation = -jnp.stack([top, left], axis=-1) * scale
-
-  def resize(img, s, t):
-    return jax.image.scale_and_translate(
-        img, (h, w, c), (0, 1), s, t, method="linear", antialias=False)
-
-  return jax.vmap(resize)(images, scale, translation).astype(images.dtype)
+  rows = _bilinear_weights(top, crop_h, h).astype(images.dtype)
+  cols = _bilinear_weights(left, crop_w, w).astype(images.dtype)
+  return jnp.einsum("bih,bhwc,bjw->bijc", rows, images, cols)
 
 
 def _gray(images: jax.Array) -> jax.Array:
@@ -126,17 +146,20 @@ def _gray(images: jax.Array) -> jax.Array:
   return jnp.sum(images * jnp.array([0.2989, 0.587, 0.114], images.dtype), -1, keepdims=True)
 
 
+_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                   np.float32)
+_FROM_YIQ = np.linalg.inv(_TO_YIQ).astype(np.float32)
+
+
 def _rotate_hue(images: jax.Array, turns: jax.Array) -> jax.Array:
   """Rotates the hue of RGB images by `turns` [b] (fractions of a full turn), in YIQ space."""
-  to_yiq = jnp.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
-                      [0.211, -0.523, 0.312]], images.dtype)
-  yiq = images @ to_yiq.T
+  yiq = images @ jnp.asarray(_TO_YIQ.T, images.dtype)
   angle = 2 * jnp.pi * turns[:, None, None]
   cos, sin = jnp.cos(angle), jnp.sin(angle)
   i = yiq[..., 1] * cos - yiq[..., 2] * sin
   q = yiq[..., 1] * sin + yiq[..., 2] * cos
   yiq = jnp.stack([yiq[..., 0], i, q], axis=-1)
-  return yiq @ jnp.linalg.inv(to_yiq).T
+  return yiq @ jnp.asarray(_FROM_YIQ.T, images.dtype)
 
 
 def color_distort(

@@ -9,6 +9,7 @@ from ptft_jax.models.cnn import CnnBackbone
 from ptft_jax.models.heads import ClassifierHead, DecoderHead, ProjectionHead
 from ptft_jax.models.mlp import MlpBackbone
 from ptft_jax.models.resnet import ResNet, freeze_norms
+from ptft_jax.models.rnn import RnnBackbone
 from ptft_jax.models.transformer import BertEncoder, GptDecoder, TransformerConfig
 
 BACKBONES = {"mlp": MlpBackbone, "cnn": CnnBackbone}
@@ -28,6 +29,7 @@ def gpt(**fields) -> GptDecoder:
 BACKBONES["bert"] = bert
 BACKBONES["gpt"] = gpt
 BACKBONES["resnet"] = ResNet
+BACKBONES["rnn"] = RnnBackbone
 
 
 def build_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
@@ -53,5 +55,5 @@ def build_model(model_config: ml_collections.ConfigDict, heads: dict[str, nn.Mod
 __all__ = [
     "BACKBONES", "ClassifierHead", "CnnBackbone", "DecoderHead", "MlpBackbone", "Model",
     "ProjectionHead", "build_backbone", "build_model",
-    "ResNet", "freeze_norms",
+    "ResNet", "RnnBackbone", "freeze_norms",
 ]

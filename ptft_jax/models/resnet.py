@@ -35,8 +35,8 @@ import jax.numpy as jnp
 from ptft_jax.errors import ConfigError
 
 BATCH_NORM_MODES = ("train", "frozen", "auto")
-# depth -> (block kind, blocks per stage)
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# depth -> (block kind, blocks per stage)
 STAGES = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
@@ -106,6 +106,8 @@ class ResNet(nn.Module):
     depth: 18, 34 (basic blocks) or 50, 101, 152 (bottleneck blocks).
     width: channels of the first stage (64 in the paper); stages double it.
     small_input: 3x3/1 stem without max-pool (CIFAR-size and smaller images).
+    stage_sizes: blocks per stage, overriding the depth's (e.g. (1, 1, 1, 1) for
+      quick tests); the depth still picks the block kind.
     batch_norm: "train", "frozen" or "auto" (see the module docstring).
     frozen_norms: full paths of the BatchNorm modules that "auto" freezes; set by
       `freeze_norms`, not by hand.
@@ -115,6 +117,7 @@ class ResNet(nn.Module):
   depth: int = 50
   width: int = 64
   small_input: bool = False
+  stage_sizes: Sequence[int] = ()
   batch_norm: str = "auto"
   frozen_norms: Sequence[str] = ()
   dtype: str = "float32"
@@ -131,6 +134,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, batch, *, train: bool) -> dict[str, jax.Array]:
     kind, blocks = STAGES[self.depth]
+    blocks = tuple(self.stage_sizes) or blocks
     dtype = jnp.dtype(self.dtype)
     frozen = tuple(self.frozen_norms)
     x = jnp.asarray(batch["image"], dtype)
