@@ -27,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.label_smoothing = 0.0
   c.task.head_hidden_sizes = ()
   c.task.head_dropout_rate = 0.0
+  c.task.mixup_alpha = 0.0  # classification on images: > 0 mixes examples (soft labels)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # adamw | sgd
@@ -43,8 +44,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.momentum = 0.9  # sgd only
   c.optim.nesterov = False
   # Ordered (regex, settings) parameter groups; first fullmatch wins. Settings:
-  # frozen, lr, lr_mult, weight_decay. Example: [("backbone/.*", {"frozen": True})]
+  # frozen, lr, lr_mult, weight_decay, schedule (cosine | linear | constant),
+  # unfreeze_at (step), name. Example: [("backbone/.*", {"frozen": True})]
   c.optim.groups = []
+  # A named fine-tuning preset that adds groups after config.optim.groups (see
+  # ptft_jax/strategies.py): "" | full | linear_probe | freeze_layers | layer_decay
+  # | gradual_unfreeze | discriminative | lora. The other keys are its settings.
+  c.optim.strategy = ml_collections.ConfigDict(dict(
+      name="",
+      freeze_layers=1,  # freeze_layers: embeddings + this many layers from the input
+      layer_decay=0.75,  # layer_decay: lr * layer_decay ** depth (heads depth 0)
+      unfreeze_every=100,  # gradual_unfreeze: one more layer from the top every N steps
+      backbone_lr_mult=0.1,  # discriminative: backbone lr = lr * this
+  ))
+  c.optim.accumulation_steps = 1  # microbatches per step (must divide data.batch_size)
+  c.optim.ema_decay = 0.0  # > 0: EMA of the trainable params, used for evaluation and best/
+
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -58,11 +73,22 @@ def base_config() -> ml_collections.ConfigDict:
   # max_consecutive_skips steps in a row, then stops.
   c.train.nan_policy = "stop"
   c.train.max_consecutive_skips = 10
+  c.train.compute_dtype = "float32"  # "bfloat16": bf16 compute, float32 params + optimizer
+  # Early stopping on a validation metric ("" = off). patience: evaluations without
+  # improvement before stopping (0 = never stop, only keep the best). keep_best
+  # saves the best params to <workdir>/best (apart from the latest checkpoints);
+  # restore_best runs the final evaluation on them.
+  c.train.early_stopping = ml_collections.ConfigDict(dict(
+      metric="", mode="max", patience=0, min_delta=0.0, keep_best=True, restore_best=True))
 
   c.init = ml_collections.ConfigDict()
   c.init.pretrained_workdir = ""  # a ptft_jax run (or converted model) to load from
   c.init.load = ["backbone/.*"]  # fullmatch patterns of params to load
   c.init.skip = ["heads/.*"]  # ...and to leave freshly initialized
+
+  # LoRA adapters (ptft_jax/lora.py): rank 0 = off. Pair with optim.strategy.name="lora"
+  # to freeze the base backbone; targets is a fullmatch regex over kernel paths.
+  c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=r"backbone/.*/kernel"))
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.eval_splits = ("validation", "test")

@@ -9,25 +9,47 @@ takes the settings of the first regex that *fully* matches its path
   lr: float           this group's peak learning rate
   lr_mult: float      multiplier on config.optim.lr (ignored when lr is given)
   weight_decay: float this group's decoupled weight decay
+  schedule: str       this group's decay: cosine | linear | constant (default config.optim.decay)
+  unfreeze_at: int    the group trains from this step on (gradual unfreezing; default 0)
+  name: str           the group's name in the table (default group_<i>)
 
 Frozen groups go through `optax.multi_transform` with `optax.set_to_zero()`,
-which keeps no moments for them; their gradients are never used, so XLA also
-drops their backward pass when the frozen leaves sit at the input side.
+which keeps no moments for them; the train step takes no gradient for them
+(see steps.py), so their backward pass is not computed when they sit at the
+input side.
+
+A group with `unfreeze_at = N > 0` is trainable in the optimizer from the start
+but gated by the step inside the compiled update: before step N its gradients
+are zeroed (before clipping, so they do not count in the clip norm), its
+updates are zero and its optimizer state is held bitwise unchanged; from step N
+on it trains, and groups already training are never reset. Its schedule
+(warmup, then decay) starts at step N and runs over the remaining steps. The
+price: such groups hold optimizer state, and take a full backward pass, from
+step 0.
+
+Groups come from `config.optim.groups` first, then from a named preset in
+`config.optim.strategy` (see strategies.py).
+
+`config.optim.ema_decay > 0` adds an exponential moving average of the
+trainable parameters at the end of the chain; it lives in the optimizer state
+(so it is checkpointed and resumed with it) and `ema_params` reads it.
 """
 
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from ptft_jax.errors import ConfigError
 
-GROUP_SETTINGS = ("frozen", "lr", "lr_mult", "weight_decay")
+GROUP_SETTINGS = ("frozen", "lr", "lr_mult", "weight_decay", "schedule", "unfreeze_at", "name")
+SCHEDULES = ("cosine", "linear", "constant")
 DEFAULT_GROUP = "default"
 
 
@@ -63,7 +85,7 @@ def make_schedule(
     main = optax.constant_schedule(lr)
   else:
     raise ConfigError(
-        f"config.optim.decay: unknown schedule {decay!r}; choose cosine, linear or constant")
+        f"config.optim.decay: unknown schedule {decay!r}; choose one of {', '.join(SCHEDULES)}")
   if warmup_steps <= 0:
     return main
   warmup = optax.linear_schedule(0.0, lr, warmup_steps)
@@ -79,6 +101,8 @@ class Group:
   weight_decay: float
   leaves: tuple[str, ...]
   num_params: int
+  schedule: str = "cosine"
+  unfreeze_at: int = 0
 
 
 def _normalize_groups(groups: Sequence) -> list[tuple[str, dict]]:
@@ -97,7 +121,19 @@ def _normalize_groups(groups: Sequence) -> list[tuple[str, dict]]:
       re.compile(regex)
     except re.error as e:
       raise ConfigError(f"config.optim.groups[{i}]: bad regex {regex!r}: {e}") from None
+    if settings.get("schedule", "cosine") not in SCHEDULES:
+      raise ConfigError(
+          f"config.optim.groups[{i}] ({regex!r}): schedule {settings['schedule']!r} is not one "
+          f"of {SCHEDULES}")
+    if int(settings.get("unfreeze_at", 0)) < 0:
+      raise ConfigError(f"config.optim.groups[{i}] ({regex!r}): unfreeze_at must be >= 0")
     out.append((regex, settings))
+  names = [str(s.get("name", f"group_{i}")) for i, (_, s) in enumerate(out)]
+  for i, name in enumerate(names):
+    if name == DEFAULT_GROUP or names.index(name) != i:
+      raise ConfigError(
+          f"config.optim.groups[{i}]: group name {name!r} is "
+          + ("reserved" if name == DEFAULT_GROUP else "used twice"))
   return out
 
 
@@ -107,14 +143,17 @@ def assign_groups(params, optim_config: ml_collections.ConfigDict) -> tuple[Any,
   Raises ConfigError when a group's regex matches no parameter (usually a typo),
   naming the regex and a few real paths.
   """
-  groups = _normalize_groups(optim_config.get("groups", ()))
+  from ptft_jax import strategies  # presets build on this module
+
+  groups = _normalize_groups(strategies.expand(params, optim_config))
+  names = [str(s.get("name", f"group_{i}")) for i, (_, s) in enumerate(groups)]
   paths = tree_paths(params)
   flat_paths = jax.tree_util.tree_leaves(paths)
 
   def label(path: str) -> str:
-    for i, (regex, _) in enumerate(groups):
+    for name, (regex, _) in zip(names, groups, strict=True):
       if re.fullmatch(regex, path):
-        return f"group_{i}"
+        return name
     return DEFAULT_GROUP
 
   labels = jax.tree_util.tree_map(label, paths)
@@ -123,9 +162,9 @@ def assign_groups(params, optim_config: ml_collections.ConfigDict) -> tuple[Any,
   flat_labels = jax.tree_util.tree_leaves(labels)
   base_lr = float(optim_config.lr)
   base_wd = float(optim_config.get("weight_decay", 0.0))
+  base_schedule = optim_config.get("decay", "cosine")
   result = []
-  for i, (regex, settings) in enumerate(groups):
-    name = f"group_{i}"
+  for i, (name, (regex, settings)) in enumerate(zip(names, groups, strict=True)):
     leaves = tuple(p for p, lab in zip(flat_paths, flat_labels, strict=True) if lab == name)
     if not leaves:
       matched_earlier = [p for p in flat_paths if re.fullmatch(regex, p)]
@@ -138,12 +177,15 @@ def assign_groups(params, optim_config: ml_collections.ConfigDict) -> tuple[Any,
     result.append(Group(
         name=name, regex=regex, frozen=bool(settings.get("frozen", False)), lr=lr,
         weight_decay=float(settings.get("weight_decay", base_wd)), leaves=leaves,
-        num_params=sum(sizes[p] for p in leaves)))
+        num_params=sum(sizes[p] for p in leaves),
+        schedule=settings.get("schedule", base_schedule),
+        unfreeze_at=int(settings.get("unfreeze_at", 0))))
   default_leaves = tuple(
       p for p, lab in zip(flat_paths, flat_labels, strict=True) if lab == DEFAULT_GROUP)
   result.append(Group(
       name=DEFAULT_GROUP, regex=None, frozen=False, lr=base_lr, weight_decay=base_wd,
-      leaves=default_leaves, num_params=sum(sizes[p] for p in default_leaves)))
+      leaves=default_leaves, num_params=sum(sizes[p] for p in default_leaves),
+      schedule=base_schedule))
   return labels, result
 
 
@@ -168,14 +210,100 @@ def _base_optimizer(optim_config, schedule, weight_decay, wd_mask) -> optax.Grad
   raise ConfigError(f"config.optim.name: unknown optimizer {name!r}; choose adamw or sgd")
 
 
+class EmaState(NamedTuple):
+  """Exponential moving average of the (trainable) parameters after each update."""
+
+  ema: Any
+
+
+def ema_of_params(decay: float) -> optax.GradientTransformation:
+  """Keeps `ema = decay * ema + (1 - decay) * new_params`; passes updates through unchanged.
+
+  Put it last in a chain: it sees the final updates, and `params + updates` is
+  what `optax.apply_updates` will produce. The average starts at the initial
+  params (no debiasing), so early EMA weights lean on the starting point.
+  """
+
+  def init(params):
+    return EmaState(ema=jax.tree_util.tree_map(lambda p: jnp.array(p, copy=True), params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("ema_of_params needs params in update()")
+    new = optax.apply_updates(params, updates)
+    ema = jax.tree_util.tree_map(
+        lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema, new)
+    return updates, EmaState(ema=ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def ema_params(params, opt_state):
+  """`params` with every leaf the EMA tracks replaced by its average (params if no EMA)."""
+  found = [s for s in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, EmaState)) if isinstance(s, EmaState)]
+  if not found:
+    return params
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  return jax.tree_util.tree_map(
+      lambda p, e: p if masked(e) else e, params, found[0].ema, is_leaf=masked)
+
+
+class GateState(NamedTuple):
+  count: jax.Array  # int32 step counter of this gate
+  inner: Any
+
+
+def _start_at(inner: optax.GradientTransformation, start: int) -> optax.GradientTransformation:
+  """`inner` that does nothing before step `start`: zero updates, state held unchanged."""
+
+  def init(params):
+    return GateState(jnp.zeros([], jnp.int32), inner.init(params))
+
+  def update(updates, state, params=None):
+    active = state.count >= start
+    new_updates, new_inner = inner.update(updates, state.inner, params)
+    inner_state = jax.tree_util.tree_map(
+        lambda n, o: jnp.where(active, n, o), new_inner, state.inner)
+    new_updates = jax.tree_util.tree_map(
+        lambda u: jnp.where(active, u, jnp.zeros_like(u)), new_updates)
+    return new_updates, GateState(optax.safe_increment(state.count), inner_state)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _zero_inactive(labels, starts: dict[str, int]) -> optax.GradientTransformation:
+  """Zeroes the gradients of groups whose `unfreeze_at` step has not come yet."""
+
+  def init(params):
+    del params
+    return GateState(jnp.zeros([], jnp.int32), optax.EmptyState())
+
+  def update(updates, state, params=None):
+    del params
+    updates = jax.tree_util.tree_map(
+        lambda g, lab: jnp.where(state.count >= starts[lab], g, jnp.zeros_like(g))
+        if starts.get(lab, 0) > 0 else g, updates, labels)
+    return updates, GateState(optax.safe_increment(state.count), state.inner)
+
+  return optax.GradientTransformation(init, update)
+
+
+def trainable_mask(labels, groups: Sequence[Group]) -> Any:
+  """Bool tree over params: False for leaves of frozen groups."""
+  frozen = {g.name for g in groups if g.frozen}
+  return jax.tree_util.tree_map(lambda lab: lab not in frozen, labels)
+
+
 def make_optimizer(
     params, optim_config: ml_collections.ConfigDict, total_steps: int,
 ) -> tuple[optax.GradientTransformation, list[Group]]:
   """Builds the optax transformation for `params`; returns (tx, groups).
 
-  Chain: [clip by global norm over trainable leaves] -> multi_transform over
-  groups, each `adamw`/`sgd` with its own schedule and decay mask, or
-  `set_to_zero` when frozen.
+  Chain: [zero gradients of groups not yet unfrozen] -> [clip by global norm
+  over trainable leaves] -> multi_transform over groups, each `adamw`/`sgd`
+  with its own schedule and decay mask (gated by its `unfreeze_at`), or
+  `set_to_zero` when frozen -> [EMA of the trainable params].
   """
   labels, groups = assign_groups(params, optim_config)
   wd_mask = _decay_mask_fn(optim_config.get("weight_decay_mask", r".*/kernel"))
@@ -183,26 +311,47 @@ def make_optimizer(
   for g in groups:
     if g.frozen:
       transforms[g.name] = optax.set_to_zero()
-    else:
-      schedule = make_schedule(
-          g.lr, total_steps, warmup_steps=optim_config.get("warmup_steps", 0),
-          decay=optim_config.get("decay", "cosine"),
-          end_lr_factor=optim_config.get("end_lr_factor", 0.0))
-      transforms[g.name] = _base_optimizer(optim_config, schedule, g.weight_decay, wd_mask)
+      continue
+    schedule = make_schedule(
+        g.lr, max(total_steps - g.unfreeze_at, 1),
+        warmup_steps=optim_config.get("warmup_steps", 0), decay=g.schedule,
+        end_lr_factor=optim_config.get("end_lr_factor", 0.0))
+    transforms[g.name] = _base_optimizer(optim_config, schedule, g.weight_decay, wd_mask)
+    if g.unfreeze_at > 0:
+      transforms[g.name] = _start_at(transforms[g.name], g.unfreeze_at)
   tx = optax.multi_transform(transforms, labels)
+  trainable = trainable_mask(labels, groups)
   clip = optim_config.get("grad_clip_norm", 0.0)
   if clip:
-    frozen_names = {g.name for g in groups if g.frozen}
-    trainable = jax.tree_util.tree_map(lambda lab: lab not in frozen_names, labels)
     tx = optax.chain(optax.masked(optax.clip_by_global_norm(clip), trainable), tx)
+  starts = {g.name: g.unfreeze_at for g in groups if g.unfreeze_at > 0 and not g.frozen}
+  if starts:
+    tx = optax.chain(_zero_inactive(labels, starts), tx)
+  ema_decay = float(optim_config.get("ema_decay", 0.0))
+  if not 0.0 <= ema_decay < 1.0:
+    raise ConfigError(f"config.optim.ema_decay={ema_decay}: use 0 (off) or a value in (0, 1)")
+  if ema_decay:
+    tx = optax.chain(tx, optax.masked(ema_of_params(ema_decay), trainable))
   return tx, groups
 
 
 def group_table(groups: Sequence[Group]) -> str:
-  """A printable table: group, regex, matched leaves, parameters, lr, weight decay, frozen."""
-  rows = [("group", "regex", "leaves", "params", "lr", "wd", "frozen")]
+  """A printable table: group, regex, matched leaves, parameters, lr, schedule, wd, frozen.
+
+  The frozen column reads "from N" for a group that unfreezes at step N.
+  """
+  rows = [("group", "regex", "leaves", "params", "lr", "schedule", "wd", "frozen")]
   for g in groups:
+    frozen = "yes" if g.frozen else (f"until {g.unfreeze_at}" if g.unfreeze_at else "no")
     rows.append((g.name, g.regex or "(unmatched)", str(len(g.leaves)), f"{g.num_params:,}",
-                 f"{g.lr:.3g}", f"{g.weight_decay:.3g}", "yes" if g.frozen else "no"))
+                 f"{g.lr:.3g}", g.schedule, f"{g.weight_decay:.3g}", frozen))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-  return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+  return "\n".join(
+      "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def param_counts(groups: Sequence[Group]) -> dict[str, int]:
+  """{"total", "trainable", "frozen"} parameter counts (gradually unfrozen groups: trainable)."""
+  total = sum(g.num_params for g in groups)
+  frozen = sum(g.num_params for g in groups if g.frozen)
+  return {"total": total, "trainable": total - frozen, "frozen": frozen}

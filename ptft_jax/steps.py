@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ptft_jax import accumulate
 from ptft_jax.models.resnet import freeze_norms
+from ptft_jax.precision import cast_floating
 
 
 def init_variables(model: nn.Module, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
@@ -29,6 +31,7 @@ def init_variables(model: nn.Module, batch: dict, rng: jax.Array) -> tuple[dict,
 def make_train_step(
     model: nn.Module, task: Any, tx: optax.GradientTransformation, *,
     heads: Sequence[str] | None = None, trainable: Any = None, nan_policy: str = "stop",
+    accumulation_steps: int = 1, compute_dtype: Any = None, param_fn: Callable | None = None,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
   """Builds `train_step(state, batch) -> (state, metrics)`; jit it (donate the state).
 
@@ -37,14 +40,21 @@ def make_train_step(
     task: provides `inputs(batch, rng, train)` and `loss(outputs, inputs, batch)`.
     tx: the optax transformation (param groups already inside).
     heads: heads to run (default: all of the model's heads, which the task chose).
-    trainable: optional bool tree over params; the reported gradient norm
-      covers only these leaves, so frozen leaves' gradients stay dead code.
+    trainable: optional bool tree over params; only these leaves are
+      differentiated (frozen ones get zero gradients and no backward pass) and
+      the reported gradient norm covers only them.
       BatchNorms whose params are all frozen use their running averages and
       keep their statistics (backbones with `batch_norm="auto"`, see resnet.py).
     nan_policy: metrics["finite"] says whether the loss and gradient norm are
       finite (the host reads it only at log steps and saves). "skip" also keeps
       params, optimizer and model state unchanged on a non-finite step (a select
       inside the step, no host sync); "stop" (default) leaves the host to stop.
+    accumulation_steps: split the batch into this many microbatches and average
+      their gradients inside the step (see accumulate.py).
+    compute_dtype: e.g. jnp.bfloat16: params and floating inputs are cast to it
+      inside the loss, outputs back to float32 (see precision.py).
+    param_fn: params -> the params the model runs on, applied inside the loss
+      (e.g. `lora.merge_lora`); gradients flow through it.
   """
   heads = tuple(heads) if heads else None
   if nan_policy not in ("stop", "skip"):
@@ -52,22 +62,26 @@ def make_train_step(
 
   def train_step(state, batch):
     rng, step_rng = jax.random.split(state["rng"])
-    inputs_rng, dropout_rng = jax.random.split(step_rng)
     model_state = state["model_state"]
     step_model = freeze_norms(model, trainable, model_state)  # trace time, no cost per step
 
-    def loss_fn(params):
+    def loss_fn(params, ms, batch, rng):  # one (micro)batch
+      inputs_rng, dropout_rng = jax.random.split(rng)
       inputs = task.inputs(batch, inputs_rng, True)
-      variables = {"params": params, **model_state}
-      mutable = list(model_state) or False
-      out = step_model.apply(variables, inputs, train=True, heads=heads,
-                             rngs={"dropout": dropout_rng}, mutable=mutable)
-      outputs, new_model_state = out if mutable else (out, model_state)
+      params = cast_floating(param_fn(params) if param_fn else params, compute_dtype)
+      variables = {"params": params, **ms}
+      mutable = list(ms) or False
+      out = step_model.apply(variables, cast_floating(inputs, compute_dtype), train=True,
+                             heads=heads, rngs={"dropout": dropout_rng}, mutable=mutable)
+      outputs, new_ms = out if mutable else (out, ms)
+      if compute_dtype is not None:
+        outputs = cast_floating(outputs, jnp.float32)
       loss, metrics = task.loss(outputs, inputs, batch)
-      return loss, (metrics, new_model_state)
+      return loss, (metrics, new_ms)
 
-    (loss, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"])
+    (loss, (metrics, new_model_state)), grads = accumulate.value_and_grad(
+        loss_fn, state["params"], model_state, batch, step_rng, trainable=trainable,
+        steps=accumulation_steps)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     if trainable is None:
@@ -90,13 +104,21 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(model: nn.Module, task: Any, *, heads: Sequence[str] | None = None):
-  """Builds `eval_step(params, model_state, batch) -> per-example outputs` (see tasks.py)."""
+def make_eval_step(model: nn.Module, task: Any, *, heads: Sequence[str] | None = None,
+                   compute_dtype: Any = None, param_fn: Callable | None = None):
+  """Builds `eval_step(params, model_state, batch) -> per-example outputs` (see tasks.py).
+
+  `compute_dtype` and `param_fn` as in `make_train_step`.
+  """
   heads = tuple(heads) if heads else None
 
   def eval_step(params, model_state, batch):
     inputs = task.inputs(batch, jax.random.PRNGKey(0), False)
-    outputs = model.apply({"params": params, **model_state}, inputs, train=False, heads=heads)
+    params = cast_floating(param_fn(params) if param_fn else params, compute_dtype)
+    outputs = model.apply({"params": params, **model_state}, cast_floating(inputs, compute_dtype),
+                          train=False, heads=heads)
+    if compute_dtype is not None:
+      outputs = cast_floating(outputs, jnp.float32)
     out = task.eval_outputs(outputs, inputs, batch)
     out["valid"] = batch.get("valid", jnp.ones(batch[next(iter(batch))].shape[:1], bool))
     return out

@@ -32,7 +32,13 @@ Batch = dict[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class Classification:
-  """Fine-tuning: softmax cross-entropy on `batch["label"]` with optional label smoothing."""
+  """Fine-tuning: softmax cross-entropy on `batch["label"]` with optional label smoothing.
+
+  `mixup_alpha > 0` (images): each training batch becomes lam * x + (1 - lam) *
+  x[perm] with lam ~ Beta(alpha, alpha) and a random permutation, and the
+  target the same mix of the two (smoothed) one-hot labels; `inputs` carries
+  `mix_lambda` and `mix_index` to the loss. Accuracy is against the unmixed labels.
+  """
 
   num_classes: int
   label_smoothing: float = 0.0
@@ -40,16 +46,32 @@ class Classification:
   head_name: str = "classifier"
   kind: str = "classification"
   uses_labels: bool = True
+  mixup_alpha: float = 0.0
 
   def inputs(self, batch: Batch, rng: jax.Array, train: bool) -> Batch:
+    mix = train and self.mixup_alpha > 0 and "image" in batch
+    if mix:
+      rng, mix_rng = jax.random.split(rng)
     if train and self.augment:
-      return {**batch, "image": augment.augment_images(rng, batch["image"], **self.augment)}
+      batch = {**batch, "image": augment.augment_images(rng, batch["image"], **self.augment)}
+    if mix:
+      lam_rng, perm_rng = jax.random.split(mix_rng)
+      lam = jax.random.beta(lam_rng, self.mixup_alpha, self.mixup_alpha)
+      perm = jax.random.permutation(perm_rng, batch["image"].shape[0])
+      image = batch["image"]
+      mixed = (lam * image + (1.0 - lam) * image[perm]).astype(image.dtype)
+      batch = {**batch, "image": mixed, "mix_lambda": lam, "mix_index": perm}
     return batch
 
   def loss(self, outputs, inputs, batch):
     logits = outputs[self.head_name]
     per_example = losses.softmax_cross_entropy(
         logits, batch["label"], label_smoothing=self.label_smoothing)
+    if "mix_lambda" in inputs:  # cross-entropy is linear in the target: mix the two terms
+      other = losses.softmax_cross_entropy(
+          logits, batch["label"][inputs["mix_index"]], label_smoothing=self.label_smoothing)
+      lam = inputs["mix_lambda"]
+      per_example = lam * per_example + (1.0 - lam) * other
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return jnp.mean(per_example), {"accuracy": accuracy}
 
@@ -142,7 +164,9 @@ class Contrastive:
 def _classification(tc, info):
   task = Classification(
       num_classes=info.num_classes, label_smoothing=tc.get("label_smoothing", 0.0),
-      augment=dict(tc.get("augment", {})))
+      augment=dict(tc.get("augment", {})), mixup_alpha=float(tc.get("mixup_alpha", 0.0)))
+  if task.mixup_alpha < 0:
+    raise ConfigError(f"config.task.mixup_alpha={task.mixup_alpha}: use 0 (off) or > 0")
   head = heads_lib.ClassifierHead(
       num_classes=info.num_classes, hidden_sizes=tuple(tc.get("head_hidden_sizes", ())),
       dropout_rate=tc.get("head_dropout_rate", 0.0))

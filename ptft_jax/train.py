@@ -9,6 +9,7 @@ step and raise `preemption.Preempted` (the CLI exits 0); a NaN / Inf loss follow
 replaced atomically, so a failing run leaves what an earlier one wrote.
 """
 
+import functools
 import json
 import logging
 import os
@@ -20,7 +21,21 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ptft_jax import checkpoint, data, inference, optim, preemption, sharding, steps, tasks, writers
+from ptft_jax import (
+  checkpoint,
+  data,
+  early_stopping,
+  finetune,
+  inference,
+  lora,
+  optim,
+  precision,
+  preemption,
+  sharding,
+  steps,
+  tasks,
+  writers,
+)
 from ptft_jax.config_utils import check_workdir_config, move_aside, to_dict, workdir_config_changes
 from ptft_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from ptft_jax.models import build_model
@@ -84,7 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- model, task, optimizer ------------------------------------------------------------
   task, heads = tasks.build_task(config, bundle.info)
-  model = build_model(config.model, heads)
+  model = build_model(precision.model_config(config), heads)  # compute dtype, if the model has one
   total_steps = int(config.train.steps)
   example = _model_batch(task, data.example_batch(bundle))
   example = jax.tree_util.tree_map(lambda x: x[:2], example)  # shapes only
@@ -95,11 +110,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   replicated = sharding.replicated(mesh)
   params, model_state = jax.jit(
       lambda r: steps.init_variables(model, example, r), out_shardings=replicated)(init_rng)
+  ft = finetune.FineTuning.from_config(config, mesh)  # LoRA, accumulation, precision, EMA
+  params = ft.add_adapters(params, jax.random.fold_in(init_rng, 1))
   tx, groups = optim.make_optimizer(params, config.optim, total_steps)
   frozen = {g.name for g in groups if g.frozen}
   labels, _ = optim.assign_groups(params, config.optim)
   trainable = jax.tree_util.tree_map(lambda lab: lab not in frozen, labels)
   _say(f"parameter groups:\n{optim.group_table(groups)}")
+  _say(finetune.param_report(groups, params, workdir, ft))
 
   # --- init: resume | transfer | fresh ------------------------------------------------------
   removed = checkpoint.remove_incomplete(workdir)  # a save or cleanup that a kill cut short
@@ -109,6 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   manager = checkpoint.make_manager(workdir, max_to_keep=config.train.get("keep", 3))
   if config.init.pretrained_workdir and manager.latest_step() is None:
     pretrained, src_step = checkpoint.load_params(config.init.pretrained_workdir)
+    pretrained["params"] = lora.merge_loaded(pretrained["params"], config.init.pretrained_workdir)
     loaded, report = checkpoint.transfer(
         {"params": params, "model_state": model_state}, pretrained,
         load=tuple(config.init.load), skip=tuple(config.init.skip))
@@ -127,19 +146,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- compiled steps --------------------------------------------------------------------
   train_step = jax.jit(
-      steps.make_train_step(model, task, tx, trainable=trainable, nan_policy=nan_policy),
+      steps.make_train_step(model, task, tx, trainable=trainable, nan_policy=nan_policy,
+                            **ft.step_kwargs()),
       donate_argnums=(0,))
-  eval_step = jax.jit(steps.make_eval_step(model, task))
+  eval_step = jax.jit(steps.make_eval_step(model, task, **ft.step_kwargs(train=False)))
   writer = writers.MetricWriter(workdir, tensorboard=config.train.get("tensorboard", True))
   meta = {"model": config.model.name, "task": config.task.name, "dataset": config.data.dataset}
 
   # --- loop -----------------------------------------------------------------------------
   start = int(state["step"])
+  keeper = early_stopping.keeper(config, workdir, start)  # None unless early_stopping.metric
   progress = writers.Progress(total_steps, start)
   tc = config.train
   guard = _NonFiniteGuard(nan_policy, tc.get("max_consecutive_skips", 10), manager)
   save = lambda state: _save(manager, state, guard, bundle.train_iterator, meta)
   for step in range(start + 1, total_steps + 1):
+    if keeper and keeper.stopped:  # a resumed run that had stopped early
+      break
     if preemption.should_stop(step - 1):  # SIGTERM arrived: save this step, exit 0
       _save_and_stop(manager, state, save)
     batch = _model_batch(task, next(bundle.train_iterator))
@@ -158,9 +181,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       t0 = time.perf_counter()
       # Runs to the end even when preempted: its result is part of the run's history
       # (metrics, early stopping); the check at the next step then saves and exits.
-      result = evaluate(eval_step, state, task, bundle, "validation", mesh)
+      result = evaluate(eval_step, ft.eval_state(state), task, bundle, "validation", mesh)
       writer.write(step, _scalars(result), split="validation")
       progress.pause(time.perf_counter() - t0)
+      if keeper and keeper.observe(step, result, functools.partial(ft.export, state)):
+        _say(f"early stopping at step {step}: no {keeper.rule.metric} improvement in "
+             f"{keeper.rule.patience} evaluations (best {keeper.rule.best:.4g} at step "
+             f"{keeper.rule.best_step})")
+        save(state)
+        break
     if step % tc.checkpoint_every == 0 or step == total_steps:
       t0 = time.perf_counter()
       save(state)
@@ -168,17 +197,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpoint.wait(manager)  # a failed background commit surfaces here, not as "saved"
 
   # --- final evaluation --------------------------------------------------------------------
-  final = {}
+  final, final_state = {}, ft.eval_state(state)
+  best = keeper.best_state(replicated) if early_stopping.restore_best(config) else None
+  if best is not None:  # the best validation checkpoint, not the last step
+    final_state = {**best[0], "step": best[1]}
+    _say(f"final evaluation on the best checkpoint (step {best[1]})")
   for split in config.get("eval_splits", ("validation", "test")):
-    final[split] = evaluate(eval_step, state, task, bundle, split, mesh,
+    final[split] = evaluate(eval_step, final_state, task, bundle, split, mesh,
                             should_stop=preemption.requested)
     if final[split] is None:  # training is saved; a restart runs only this evaluation
       _save_and_stop(manager, state, save)
     writer.write(total_steps, _scalars(final[split]), split=f"final_{split}")
     if jax.process_index() == 0:
       writers.write_json(os.path.join(workdir, f"eval_{split}.json"),
-                         {"step": int(state["step"]), **final[split]})
+                         {"step": int(final_state["step"]), **final[split]})
     _say(f"{split}: " + "  ".join(f"{k}={v:.4f}" for k, v in _scalars(final[split]).items()))
+  ft.save_merged(state, workdir)  # LoRA runs: <workdir>/merged, adapters folded in
+  if keeper:
+    keeper.close()
   writer.close()
   manager.close()
   return final
@@ -314,6 +350,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = Fa
     writers.write_json(os.path.join(workdir, "summary.json"), summary)
     _say(format_summary(summary))
     plot_validation_curves(workdir, list(summary), os.path.join(workdir, "validation_curves.png"))
+    if config.get("report") == "trainable_params":  # configs/strategies.py
+      from ptft_jax import compare  # late: `python -m ptft_jax.compare` imports train
+
+      _say(compare.write_report(workdir, list(summary)))
   return {"stages": results, "summary": summary}
 
 

@@ -1,0 +1,94 @@
+r"""Fine-tuning strategies compared: linear probe vs partial vs full vs LoRA (and more).
+
+Digits (default): the quickstart's pretraining stage (configs/quickstart.py,
+contrastive CNN), then one fine-tuning stage per strategy on the same 10% of
+the labels with the same recipe; each keeps its best validation checkpoint and
+is tested on it. Then `<workdir>/summary.json`, `validation_curves.png` and
+`strategies.{md,json,png}` (test accuracy against trainable parameters).
+
+  python -m ptft_jax.main --config=configs/strategies.py --workdir=runs/strategies
+
+Arguments (`configs/strategies.py:tiny,pretrained=runs/quickstart/pretrain`):
+  pretrained=DIR  reuse a finished pretraining run (e.g. the quickstart's) instead
+                  of pretraining here
+  text            the same comparison on the offline sentiment reviews with the
+                  imported all-MiniLM-L6-v2 (configs/minilm_text.py's stages)
+  tiny            a few steps per stage, for tests
+  seed=N          the seed of every stage
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+from ptft_jax.config_args import parse_arg
+
+# stage name -> (strategy settings, lora rank, lr multiplier on the recipe's lr)
+VARIANTS = {
+    "linear_probe": ({"name": "linear_probe"}, 0, 10.0),
+    "partial": ({"name": "freeze_layers", "freeze_layers": 2}, 0, 1.0),
+    "layer_decay": ({"name": "layer_decay", "layer_decay": 0.5}, 0, 2.0),
+    "gradual": ({"name": "gradual_unfreeze", "unfreeze_every": 100}, 0, 1.0),
+    "full": ({"name": "full"}, 0, 1.0),
+    "lora": ({"name": "lora"}, 4, 5.0),
+}
+TEXT_VARIANTS = {
+    "linear_probe": ({"name": "linear_probe"}, 0, 100.0),
+    "partial": ({"name": "freeze_layers", "freeze_layers": 4}, 0, 2.0),
+    "full": ({"name": "full"}, 0, 1.0),
+    "lora": ({"name": "lora"}, 8, 20.0),
+}
+
+
+def _sibling(name: str):
+  """Loads configs/<name>.py (config files are not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"ptft_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _variant(base: ml_collections.ConfigDict, strategy: dict, rank: int, lr_mult: float,
+             pretrained: str, targets: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(base.to_dict())
+  c.optim.strategy.update(strategy)
+  c.optim.lr = base.optim.lr * lr_mult
+  c.lora.rank, c.lora.targets = rank, targets
+  c.init.pretrained_workdir = pretrained
+  # Test on the best validation checkpoint, so no strategy is judged on a late dip.
+  c.train.early_stopping.update(dict(metric="accuracy", mode="max", patience=0))
+  return c
+
+
+def get_config(arg: str = ""):
+  args = parse_arg(arg, pretrained="", text=False, tiny=False, seed=0)
+  config = ml_collections.ConfigDict()
+  config.stages = ml_collections.ConfigDict()
+  order = []
+  if args["text"]:
+    source = _sibling("minilm_text").get_config(
+        ",".join(filter(None, ["tiny" if args["tiny"] else "", f"seed={args['seed']}"])))
+    config.stages.minilm = source.stages.minilm
+    base, ref, variants = source.stages.pretrained, "@minilm", TEXT_VARIANTS
+    targets = r"backbone/layer_\d+/(attention/(query|key|value|out)|mlp/\w+)/kernel"
+    order.append("minilm")
+  else:
+    source = _sibling("quickstart").get_config(
+        ",".join(filter(None, ["tiny" if args["tiny"] else "", f"seed={args['seed']}"])))
+    base, ref, variants = source.stages.pretrained, "@pretrain", VARIANTS
+    targets = r"backbone/.*/kernel"
+    if not args["pretrained"]:
+      config.stages.pretrain = source.stages.pretrain
+      order.append("pretrain")
+  if args["pretrained"]:
+    ref = os.path.abspath(args["pretrained"])
+  for name, (strategy, rank, lr_mult) in variants.items():
+    config.stages[name] = _variant(base, strategy, rank, lr_mult, ref, targets)
+    if args["tiny"]:
+      config.stages[name].optim.strategy.unfreeze_every = 2
+    order.append(name)
+  config.stage_order = tuple(order)
+  config.report = "trainable_params"
+  return config
