@@ -4,6 +4,7 @@ Data (`task=`):
   sst2 | cola | mrpc | qqp | qnli | rte | stsb   `glue/<task>` from a prepared TFDS
       data_dir (`tfds build glue/sst2 --file_format=array_record`; never downloaded);
       reports the validation split (GLUE test labels are hidden).
+  imdb         `imdb_reviews` from the data_dir (its test split is reported).
   jsonl        your own JSONL files, `{"text": ..., "label": ...}` per line (optional
       "text_b"): train=PATH,validation=PATH[,test=PATH]; `regression` for float labels.
   sentiment    the labeled reviews shipped with ptft_jax (offline).
@@ -36,9 +37,17 @@ from ptft_jax.config_args import parse_arg
 from ptft_jax.data import text
 from ptft_jax.defaults import base_config
 
-# task -> (regression?, default train steps)
-GLUE = {"sst2": (False, 6000), "cola": (False, 800), "mrpc": (False, 350),
-        "qqp": (False, 30000), "qnli": (False, 9000), "rte": (False, 250), "stsb": (True, 550)}
+# task -> (TFDS name, regression?, default train steps, split evaluated as "validation")
+TFDS_TASKS = {
+    "sst2": ("glue/sst2", False, 6000, "validation"),
+    "cola": ("glue/cola", False, 800, "validation"),
+    "mrpc": ("glue/mrpc", False, 350, "validation"),
+    "qqp": ("glue/qqp", False, 30000, "validation"),
+    "qnli": ("glue/qnli", False, 9000, "validation"),
+    "rte": ("glue/rte", False, 250, "validation"),
+    "stsb": ("glue/stsb", True, 550, "validation"),
+    "imdb": ("imdb_reviews", False, 2400, "test"),
+}
 
 
 def _bert_config():
@@ -88,9 +97,10 @@ def get_config(arg: str = "task=sst2"):
   d.seq_len = args["seq_len"]
   d.batch_size = args["batch"]
   d.label_fraction = args["fraction"]
-  if task in GLUE:
-    regression, steps = GLUE[task]
-    d.source, d.dataset = "tfds", f"glue/{task}"
+  if task in TFDS_TASKS:
+    d.dataset, regression, steps, held_out = TFDS_TASKS[task]
+    d.source = "tfds"
+    d.splits.validation = held_out
     c.eval_splits = ("validation",)
   elif task in ("jsonl", "sentiment"):
     regression, steps = args["regression"], 500
@@ -102,7 +112,7 @@ def get_config(arg: str = "task=sst2"):
       c.eval_splits = ("validation", "test") if args["test"] else ("validation",)
     d.label_type = "float" if regression else "auto"
   else:
-    raise ValueError(f"task={task!r}: choose one of {sorted(GLUE)}, jsonl or sentiment")
+    raise ValueError(f"task={task!r}: choose one of {sorted(TFDS_TASKS)}, jsonl or sentiment")
 
   if args["init"]:
     model, tokenizer = pretrained_settings(args["init"])
