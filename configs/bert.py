@@ -48,7 +48,8 @@ def model_config(variant: str, vocab_size: int) -> ml_collections.ConfigDict:
       name="bert", vocab_size=vocab_size, hidden_size=v["hidden_size"],
       num_layers=v["num_layers"], num_heads=v["num_heads"],
       intermediate_size=4 * v["hidden_size"], max_position_embeddings=512,
-      type_vocab_size=2, dropout_rate=0.1, attention_dropout_rate=0.1))
+      type_vocab_size=2, dropout_rate=0.1, attention_dropout_rate=0.1,
+      remat="none"))  # "full" | "dots_saveable": recompute activations (memory.py)
 
 
 def get_config(arg: str = "mini"):

@@ -47,7 +47,8 @@ def get_config(arg: str = "tiny"):
       name="gpt", vocab_size=vocab_size, hidden_size=v["hidden_size"],
       num_layers=v["num_layers"], num_heads=v["num_heads"],
       intermediate_size=4 * v["hidden_size"], max_position_embeddings=v["seq_len"],
-      dropout_rate=0.1, attention_dropout_rate=0.1, layer_norm_eps=1e-5))
+      dropout_rate=0.1, attention_dropout_rate=0.1, layer_norm_eps=1e-5,
+      remat="none"))  # "full" | "dots_saveable": recompute activations (memory.py)
   c.task = ml_collections.ConfigDict(dict(name="causal_lm", tied=True))
 
   c.optim.lr = args["lr"] or v["lr"]

@@ -60,7 +60,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.accumulation_steps = 1  # microbatches per step (must divide data.batch_size)
   c.optim.ema_decay = 0.0  # > 0: EMA of the trainable params, used for evaluation and best/
 
-
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
   c.train.log_every = 50
@@ -90,7 +89,17 @@ def base_config() -> ml_collections.ConfigDict:
   # to freeze the base backbone; targets is a fullmatch regex over kernel paths.
   c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=r"backbone/.*/kernel"))
 
-  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # Device mesh (ptft_jax/sharding.py): sizes within a slice, one may be -1 (the rest);
+  # dcn_* split the slices of a multi-slice TPU (one may be -1).
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1,
+                                      "dcn_data": -1, "dcn_fsdp": 1, "dcn_tensor": 1})
+  # Parameter sharding: logical axis -> mesh axis ("" = not split); param_axes are extra
+  # (path regex, logical axes) rules tried before sharding.PARAM_AXES.
+  c.sharding = ml_collections.ConfigDict(dict(
+      rules=ml_collections.ConfigDict(dict(
+          embed="fsdp", mlp="tensor", heads="tensor", vocab="tensor", conv_in="fsdp",
+          conv_out="tensor")),
+      param_axes=[]))
   c.eval_splits = ("validation", "test")
   # Keys that may change when resuming in the same workdir (logging cadence and
   # the step budget); any other change is refused, so two experiments never mix.

@@ -7,6 +7,11 @@ A user error prints one line and exits with status 2 (add --debug for the traceb
 SIGTERM saves the current step and exits 0; the same command resumes. A workdir
 holding a run with a different config is refused unless --overwrite, which moves
 the old run aside to `<workdir>.old-<timestamp>`.
+
+Multi-host: run the same command on every host with --multihost (TPU VM slices,
+SLURM; see launch/), or with --coordinator_address, --num_processes and
+--process_id (or PTFT_COORDINATOR, PTFT_NUM_PROCESSES, PTFT_PROCESS_ID); see
+ptft_jax/multihost.py.
 """
 
 import re
@@ -22,6 +27,15 @@ _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "If --workdir holds a run with a different config, move it aside to "
     "<workdir>.old-<timestamp> and start fresh (never deletes).")
+# Multi-host (see ptft_jax/multihost.py); each also reads PTFT_COORDINATOR,
+# PTFT_NUM_PROCESSES, PTFT_PROCESS_ID, PTFT_MULTIHOST from the environment.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0, to join a multi-process run explicitly.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (explicit).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit).")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() with the cluster found automatically "
+    "(TPU VM slices, SLURM, ...).")
 # --mode=eval scores a checkpoint of --workdir (its config.json; no --config) on --split.
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train, or eval a checkpoint.")
 _SPLIT = flags.DEFINE_string("split", "test", "--mode=eval: the split to score.")
@@ -32,7 +46,7 @@ def _main(argv):
   del argv
   from absl import logging as absl_logging
 
-  from ptft_jax import train  # late import: flag errors should not wait for jax
+  from ptft_jax import multihost, train  # late import: flag errors should not wait for jax
   from ptft_jax.errors import ConfigError
 
   # Orbax and TFDS log every file they touch at INFO and chat at WARNING; keep the
@@ -40,6 +54,8 @@ def _main(argv):
   absl_logging.set_verbosity(absl_logging.INFO if _DEBUG.value else absl_logging.ERROR)
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required (the directory for this run's outputs)")
+  multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                       _MULTIHOST.value)  # before anything asks jax for devices
   if _MODE.value == "eval":
     from ptft_jax import evaluate
 

@@ -28,6 +28,7 @@ from ptft_jax import (
   finetune,
   inference,
   lora,
+  memory,
   optim,
   precision,
   preemption,
@@ -108,8 +109,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
   replicated = sharding.replicated(mesh)
-  params, model_state = jax.jit(
-      lambda r: steps.init_variables(model, example, r), out_shardings=replicated)(init_rng)
+  layout = sharding.Layout.from_config(config, mesh)  # params sharded by logical-axis rules
+  params, model_state = layout.init(lambda r: steps.init_variables(model, example, r), init_rng)
   ft = finetune.FineTuning.from_config(config, mesh)  # LoRA, accumulation, precision, EMA
   params = ft.add_adapters(params, jax.random.fold_in(init_rng, 1))
   tx, groups = optim.make_optimizer(params, config.optim, total_steps)
@@ -136,10 +137,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
          + checkpoint.format_report(report))
     if jax.process_index() == 0:
       writers.write_json(os.path.join(workdir, "transfer_report.json"), report)
-  opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
-  state = jax.device_put(
+  opt_state = layout.init(tx.init, params)  # sharded like the params it mirrors
+  state = layout.put(
       {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
-       "opt_state": opt_state, "rng": state_rng}, replicated)
+       "opt_state": opt_state, "rng": state_rng})
+  _say(memory.report(state, layout, trainable, config=config, example=example))
   if manager.latest_step() is not None:
     state = checkpoint.restore(manager, state, data_iterator=bundle.train_iterator)
     _say(f"resumed from {checkpoint.checkpoint_dir(workdir)} at step {int(state['step'])}")
@@ -148,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_step = jax.jit(
       steps.make_train_step(model, task, tx, trainable=trainable, nan_policy=nan_policy,
                             **ft.step_kwargs()),
-      donate_argnums=(0,))
+      donate_argnums=(0,), out_shardings=(layout.state_shardings(state), None))
   eval_step = jax.jit(steps.make_eval_step(model, task, **ft.step_kwargs(train=False)))
   writer = writers.MetricWriter(workdir, tensorboard=config.train.get("tensorboard", True))
   meta = {"model": config.model.name, "task": config.task.name, "dataset": config.data.dataset}

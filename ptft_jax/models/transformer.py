@@ -59,6 +59,13 @@ __all__ = [
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _INIT = nn.initializers.normal(stddev=0.02)
+# What each layer keeps for the backward pass: everything ("none"), only its input ("full":
+# the layer is recomputed), or its matmul outputs ("dots_saveable"). Param paths do not change.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +91,7 @@ class TransformerConfig:
   pre_norm: bool = False
   dtype: str = "float32"
   pooler: bool = True
+  remat: str = "none"  # recompute layer activations in the backward pass: see REMAT_POLICIES
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -91,6 +99,8 @@ class TransformerConfig:
           f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
     if self.dtype not in _DTYPES:
       raise ConfigError(f"transformer dtype {self.dtype!r} is not one of {_DTYPES}")
+    if self.remat not in REMAT_POLICIES:
+      raise ConfigError(f"remat {self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
     if self.attention_impl not in attn_lib.IMPLEMENTATIONS:
       raise ConfigError(
           f"attention_impl {self.attention_impl!r} is not one of {attn_lib.IMPLEMENTATIONS}")
@@ -151,7 +161,8 @@ class TransformerLayer(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
+    # `train` is positional so that nn.remat can treat it as static (static_argnums).
     cfg = self.config
     attention = Attention(cfg, name="attention")
     attention_norm = _layer_norm("attention_norm", cfg)
@@ -235,8 +246,11 @@ def _trunk(config: TransformerConfig, batch: Mapping[str, jax.Array], train: boo
   mask, positions = _mask_and_positions(config, batch)
   x, table = Embeddings(config, name="embeddings")(
       batch["input_ids"], positions, batch.get("token_type_ids"), train=train)
+  layer = TransformerLayer
+  if config.remat != "none":
+    layer = nn.remat(layer, policy=REMAT_POLICIES[config.remat], static_argnums=(3,))
   for i in range(config.num_layers):
-    x = TransformerLayer(config, name=f"layer_{i}")(x, mask, train=train)
+    x = layer(config, name=f"layer_{i}")(x, mask, train)
   if config.pre_norm:
     x = _layer_norm("final_norm", config)(x)
   return x, table
