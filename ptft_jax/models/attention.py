@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from ptft_jax.errors import ConfigError
+from ptft_jax.models import matmul
+from ptft_jax.models.dropout import keep_mask
 
 Implementation = Literal["auto", "einsum", "xla", "cudnn"]
 IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn")
@@ -38,17 +40,22 @@ def resolve_implementation(implementation: str, dtype, *, dropout: bool = False)
 
 
 def _einsum_attention(q, k, v, mask, dropout_rng, dropout_rate):
-  """Plain einsum attention; logits and softmax in float32."""
+  """Plain (einsum-style) attention; logits and softmax in float32."""
   scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  # "bqhd,bkhd->bhqk" and "bhqk,bkhd->bqhd" as dot_generals with float32 accumulation
+  # (matmul.py: bfloat16 products run 2x faster that way on the CPU, backward included).
+  logits = matmul.dot_general(q, k, (((3,), (3,)), ((0, 2), (0, 2))), jnp.float32,
+                              canonical=True)
   logits = logits * scale
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1)
   if dropout_rng is not None and dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    keep = keep_mask(dropout_rng, probs.shape, dropout_rate)  # hash mask: see dropout.py
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+  out = matmul.dot_general(probs.astype(v.dtype), v, (((3,), (1,)), ((0, 1), (0, 2))),
+                           canonical=True)
+  return jnp.transpose(out, (0, 2, 1, 3))  # [b, h, q, d] -> [b, q, h, d]
 
 
 def dot_product_attention(

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ptft_jax.errors import UserError
+from ptft_jax.models import matmul as matmul_lib
 
 _INIT = nn.initializers.normal(stddev=0.02)
 
@@ -31,8 +32,7 @@ def gather_positions(sequence: jax.Array, positions: jax.Array) -> jax.Array:
 
 def _tied_logits(x: jax.Array, table: jax.Array) -> jax.Array:
   """`[..., hidden]` x `[vocab, hidden]` -> float32 `[..., vocab]`."""
-  return jnp.einsum("...h,vh->...v", x, table.astype(x.dtype),
-                    preferred_element_type=jnp.float32)
+  return matmul_lib.matmul(x, table.astype(x.dtype), transpose_w=True, out_dtype=jnp.float32)
 
 
 class _MlmTransform(nn.Module):
@@ -44,7 +44,7 @@ class _MlmTransform(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     hidden = x.shape[-1]
-    x = nn.Dense(hidden, dtype=self.dtype, kernel_init=_INIT, name="dense")(x)
+    x = matmul_lib.Dense(hidden, dtype=self.dtype, kernel_init=_INIT, name="dense")(x)
     x = nn.gelu(x, approximate=False)
     return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="layer_norm")(x)
 

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 
 from ptft_jax.errors import ConfigError, UserError
 from ptft_jax.models import attention as attn_lib
+from ptft_jax.models import matmul as matmul_lib
+from ptft_jax.models.dropout import Dropout
 from ptft_jax.models.heads_text import (
   CausalLMHead,
   MaskedLMHead,
@@ -114,8 +116,9 @@ class TransformerConfig:
     return jnp.dtype(self.dtype)
 
 
-def _dense(features: int, name: str, config: TransformerConfig) -> nn.Dense:
-  return nn.Dense(features, dtype=config.compute_dtype, kernel_init=_INIT, name=name)
+def _dense(features: int, name: str, config: TransformerConfig) -> matmul_lib.Dense:
+  # nn.Dense's params; bfloat16 products accumulate in float32 (2x faster on the CPU).
+  return matmul_lib.Dense(features, dtype=config.compute_dtype, kernel_init=_INIT, name=name)
 
 
 def _layer_norm(name: str, config: TransformerConfig) -> nn.LayerNorm:
@@ -168,7 +171,7 @@ class TransformerLayer(nn.Module):
     attention_norm = _layer_norm("attention_norm", cfg)
     mlp = Mlp(cfg, name="mlp")
     output_norm = _layer_norm("output_norm", cfg)
-    drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=not train)
+    drop = lambda t: Dropout(cfg.dropout_rate)(t, deterministic=not train)
     if cfg.pre_norm:
       x = x + drop(attention(attention_norm(x), mask, train=train))
       return x + drop(mlp(output_norm(x)))
@@ -199,7 +202,7 @@ class Embeddings(nn.Module):
       raise UserError("batch has 'token_type_ids' but the config has type_vocab_size=0")
     if not cfg.pre_norm:
       x = _layer_norm("layer_norm", cfg)(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=not train)
     return x, words.embedding
 
 

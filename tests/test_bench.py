@@ -1,0 +1,82 @@
+"""The benchmark command: record keys, FLOP formulas by hand, the targets summary."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ptft_jax import bench, flops
+from ptft_jax.models import transformer
+from ptft_jax.models.base import Model
+
+TINY = bench.text_shape(tiny=True)  # 2 layers, H 16, F 32, V 101, B 4, S 16, P 3
+
+
+def test_flop_formulas_by_hand():
+  assert (TINY.num_layers, TINY.hidden_size, TINY.intermediate_size, TINY.vocab_size,
+          TINY.batch_size, TINY.seq_len, TINY.predictions) == (2, 16, 32, 101, 4, 16, 3)
+  layers = 6 * 2 * (4 * 16 * 16 + 2 * 16 * 32) * (4 * 16)  # 1,572,864
+  attention = 12 * 2 * 4 * 16 ** 2 * 16  # 393,216
+  assert flops.transformer_train_flops(TINY, "mlm") == layers + attention + 6 * (
+      16 * 16 + 16 * 101) * 4 * 3 == 2_100_864
+  assert flops.transformer_train_flops(TINY, "lm") == layers + attention + 6 * 16 * 101 * 64
+  assert flops.transformer_train_flops(TINY, "classifier") == 1_972_992
+  # Frozen backbone: forward everywhere + the classifier's weight gradient.
+  assert flops.transformer_train_flops(TINY, "classifier", frozen_backbone=True) == (
+      (layers + attention) // 3 + 2 * (16 * 16 + 16 * 2) * 4 + 2 * 16 * 2 * 4)
+
+
+def test_jaxpr_count_equals_the_formula():
+  config = transformer.TransformerConfig(
+      vocab_size=101, hidden_size=16, num_layers=2, num_heads=4, intermediate_size=32,
+      max_position_embeddings=16, pooler=False)
+  model = Model(transformer.BertEncoder(config), {"mlm": transformer.MaskedLMHead()})
+  batch = {"input_ids": jnp.zeros((4, 16), jnp.int32),
+           "masked_positions": jnp.zeros((4, 3), jnp.int32)}
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), batch))["params"]
+  loss = lambda p: model.apply({"params": p}, batch)["mlm"].sum()
+  assert flops.matmul_flops(jax.grad(loss), params) == flops.transformer_train_flops(TINY, "mlm")
+
+
+def test_tiny_workload_record():
+  r = bench.run_workload("bert_mlm", bench.Options(steps=2, warmup=0, tiny=True))
+  assert set(bench.KEYS) <= set(r)
+  assert r["workload"] == "bert_mlm" and r["model_flops_per_step"] == 2_100_864
+  assert r["steps"] == 2 and r["step_s_min"] <= r["step_s"] <= r["step_s_max"]
+  assert r["examples_per_s"] == pytest.approx(4 / r["step_s"])
+  assert r["tokens_per_s"] == pytest.approx(64 / r["step_s"])
+  assert r["flops_per_s"] == pytest.approx(2_100_864 / r["step_s"])
+  assert r["peak_share"] == pytest.approx(r["flops_per_s"] / r["peak_flops_per_s"])
+  assert r["memory_source"] == "rss_high_water" and r["peak_memory_bytes"] > 100 * 2 ** 20
+
+
+def test_command_prints_json_lines_and_summary(capsys, tmp_path):
+  out = tmp_path / "bench.jsonl"
+  assert bench.main(["--workload", "peak", "--tiny", "--in-process", "--out", str(out)]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["workload"] for r in lines] == ["peak", "summary"]
+  assert lines[0]["float32_flops_per_s"] > 0 and lines[0]["bfloat16_flops_per_s"] > 0
+  assert [json.loads(line) for line in out.read_text().splitlines()] == lines
+
+
+def test_summary_checks_each_target():
+  rec = lambda name, **kw: bench._record(name, **kw)
+  records = [
+      rec("bert_mlm", step_s=1.0, examples_per_s=32.0, peak_share=0.65),
+      rec("peer_bert_mlm", step_s=4.0, examples_per_s=8.0),
+      rec("bert_mlm_bf16", step_s=0.8, examples_per_s=40.0),
+      rec("bert_cls", step_s=0.5, examples_per_s=64.0, peak_share=0.5),
+      rec("peer_bert_cls", step_s=0.6, examples_per_s=53.3),
+      rec("bert_cls_frozen", step_s=0.2, examples_per_s=160.0),
+      rec("input_digits", step_s=0.001, headroom=30.0),
+      rec("input_text", step_s=0.2),
+      rec("checkpoint", save_blocked_s=0.05),
+  ]
+  t = bench.summarize(records)["targets"]
+  assert {k: v["met"] for k, v in t.items()} == {
+      "bert_mlm_vs_peer": True, "bert_mlm_peak_share": True, "bert_cls_vs_peer": False,
+      "bert_cls_peak_share": False, "head_only_step_fraction": True, "bf16_speedup": False,
+      "input_digits_headroom": True, "input_text_headroom": False,
+      "checkpoint_blocked_fraction_of_step": True}
+  assert t["bert_mlm_vs_peer"]["value"] == 4.0 and t["bf16_speedup"]["value"] == 1.25
