@@ -90,9 +90,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if moved:
     _say(f"--overwrite: moved the earlier run in {workdir} to {moved}")
   mesh = sharding.make_mesh(config.get("mesh"))
-  per_process_batch = sharding.check_batch_size(config.data.batch_size, mesh)
+  sharding.check_batch_size(config.data.batch_size, mesh)
   sharding.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
-  del per_process_batch
 
   # --- data --------------------------------------------------------------------------
   bundle = data.make_data(config.data, seed=config.seed)
@@ -114,9 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ft = finetune.FineTuning.from_config(config, mesh)  # LoRA, accumulation, precision, EMA
   params = ft.add_adapters(params, jax.random.fold_in(init_rng, 1))
   tx, groups = optim.make_optimizer(params, config.optim, total_steps)
-  frozen = {g.name for g in groups if g.frozen}
-  labels, _ = optim.assign_groups(params, config.optim)
-  trainable = jax.tree_util.tree_map(lambda lab: lab not in frozen, labels)
+  trainable = optim.trainable_mask(optim.assign_groups(params, config.optim)[0], groups)
   _say(f"parameter groups:\n{optim.group_table(groups)}")
   _say(finetune.param_report(groups, params, workdir, ft))
 
