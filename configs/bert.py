@@ -26,9 +26,9 @@ import math
 
 import ml_collections
 
-from ptft_jax.config_args import parse_arg
+from ptft_jax.config.args import parse_arg
+from ptft_jax.config.defaults import base_config
 from ptft_jax.data import text
-from ptft_jax.defaults import base_config
 
 # layers, hidden, heads, seq_len, vocab_size (trained vocab), batch, steps, lr
 VARIANTS = {

@@ -25,8 +25,8 @@ Arguments (`configs/cifar10_cnn.py:tiny,label_fraction=0.1`):
 
 import ml_collections
 
-from ptft_jax.config_args import parse_arg
-from ptft_jax.defaults import base_config
+from ptft_jax.config.args import parse_arg
+from ptft_jax.config.defaults import base_config
 
 SIMCLR_AUGMENT = dict(crop_scale=0.2, flip=True, color=0.5, color_prob=0.8, grayscale=0.2)
 

@@ -7,7 +7,7 @@ Variants (`--config=configs/digits.py:VARIANT`): mlp (default), cnn.
 Expected (measured on the 2-core CPU): see README, "Configs".
 """
 
-from ptft_jax.defaults import base_config
+from ptft_jax.config.defaults import base_config
 
 
 def get_config(arg: str = "mlp"):

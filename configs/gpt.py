@@ -15,9 +15,9 @@ Arguments (`configs/gpt.py:VARIANT,key=value,...`):
 
 import ml_collections
 
-from ptft_jax.config_args import parse_arg
+from ptft_jax.config.args import parse_arg
+from ptft_jax.config.defaults import base_config
 from ptft_jax.data import text
-from ptft_jax.defaults import base_config
 
 VARIANTS = {
     "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, seq_len=128, vocab_size=4096,

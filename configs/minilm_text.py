@@ -24,11 +24,11 @@ import os
 
 import ml_collections
 
-from ptft_jax.config_args import parse_arg
+from ptft_jax.config.args import parse_arg
+from ptft_jax.config.defaults import base_config
 from ptft_jax.convert.hf_bert import config_from_hf
 from ptft_jax.convert.minilm import minilm_dir
 from ptft_jax.data import text
-from ptft_jax.defaults import base_config
 
 
 def get_config(arg: str = ""):

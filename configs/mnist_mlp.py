@@ -20,8 +20,8 @@ Arguments (`configs/mnist_mlp.py:tiny,label_fraction=0.1`):
 
 import ml_collections
 
-from ptft_jax.config_args import parse_arg
-from ptft_jax.defaults import base_config
+from ptft_jax.config.args import parse_arg
+from ptft_jax.config.defaults import base_config
 
 
 def _common(args: dict) -> ml_collections.ConfigDict:

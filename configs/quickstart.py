@@ -17,8 +17,8 @@ Arguments (`configs/quickstart.py:pretrain=autoencoder,tiny`):
 
 import ml_collections
 
-from ptft_jax.config_args import parse_arg
-from ptft_jax.defaults import base_config
+from ptft_jax.config.args import parse_arg
+from ptft_jax.config.defaults import base_config
 
 
 def _common(seed: int) -> ml_collections.ConfigDict:

@@ -34,8 +34,8 @@ trainable -> batch statistics. Set "frozen" or "train" to force one behaviour.
 
 import ml_collections
 
-from ptft_jax.config_args import parse_arg
-from ptft_jax.defaults import base_config
+from ptft_jax.config.args import parse_arg
+from ptft_jax.config.defaults import base_config
 
 VARIANTS = ("recipe", "simclr", "linear", "finetune")
 SIMCLR_AUGMENT = dict(crop_scale=0.08, flip=True, color=0.5, color_prob=0.8, grayscale=0.2)

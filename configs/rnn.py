@@ -33,9 +33,9 @@ Arguments:
 
 import ml_collections
 
-from ptft_jax.config_args import parse_arg
+from ptft_jax.config.args import parse_arg
+from ptft_jax.config.defaults import base_config
 from ptft_jax.data import text
-from ptft_jax.defaults import base_config
 
 VOCAB_SIZE = 4096
 

@@ -22,7 +22,7 @@ import os
 
 import ml_collections
 
-from ptft_jax.config_args import parse_arg
+from ptft_jax.config.args import parse_arg
 
 # stage name -> (strategy settings, lora rank, lr multiplier on the recipe's lr)
 VARIANTS = {

@@ -94,7 +94,7 @@ def leftovers(workdir: str) -> list[str]:
 
 
 def final_state(workdir: str) -> tuple[dict, dict]:
-  from ptft_jax import checkpoint  # imported late: the parent needs jax only here
+  from ptft_jax.train import checkpoint  # imported late: the parent needs jax only here
 
   params, _ = checkpoint.load_params(workdir)
   import jax

@@ -1,31 +1,37 @@
 """ptft_jax: pretrain -> fine-tune in JAX/Flax.
 
-The functional API (`import ptft_jax as pj`):
+The functional API (`import ptft_jax as pj`; docs/api.md shows it at work):
 
-  pj.models         Model (backbone + heads), MlpBackbone, CnnBackbone, heads, build_model
-  pj.losses         softmax_cross_entropy, mean_squared_error, nt_xent (per-example)
-  pj.metrics        classification_metrics, confusion_matrix
-  pj.tasks          Classification, DenoisingAutoencoder, Contrastive
-  pj.tasks_text     MaskedLM, CausalLM, TextClassification, TextRegression, mask_tokens
-  pj.data           dataset_info, train_iterator, eval_batches (TFDS + Grain)
-  pj.make_optimizer optax transformation from a config (param groups, schedules, clipping)
+  pj.run(config, workdir)          run a whole config (all stages) in a workdir
+  pj.train_and_evaluate            one stage
+  pj.base_config()                 every config key with its default
+  pj.data                          make_data, dataset_info, train_iterator, eval_batches
+  pj.models                        Model (backbone + heads), backbones, heads, build_model
+  pj.tasks                         build_task, Classification, Contrastive, ... (pj.tasks.text)
+  pj.losses, pj.metrics            per-example losses; metrics over a split
+  pj.optim                         make_optimizer (param groups, presets, schedules), LoRA
   pj.make_train_step / pj.make_eval_step / pj.init_variables
   pj.make_mesh, pj.host_to_global, pj.replicated
-  pj.checkpoint     make_manager, save, restore, load_params, transfer
-  pj.run            run a whole config (all stages) in a workdir
+  pj.checkpoint                    make_manager, save, restore, load_params, transfer
+  pj.load_predictor(workdir)       predict with a trained run
+
+How the packages depend on each other: README.md, "How the code is organized".
 """
 
-from ptft_jax import checkpoint, data, losses, metrics, models, optim, sharding, tasks, tasks_text
-from ptft_jax.defaults import base_config
-from ptft_jax.inference import load_predictor as load_predictor  # noqa: PLC0414 -- public API
+from ptft_jax import data, models, optim, tasks
+from ptft_jax.config import base_config
+from ptft_jax.inference.predictor import load_predictor
 from ptft_jax.optim import make_optimizer, make_schedule
-from ptft_jax.sharding import host_to_global, make_mesh, replicated
-from ptft_jax.steps import init_variables, make_eval_step, make_train_step
-from ptft_jax.train import run, train_and_evaluate
+from ptft_jax.parallel import sharding
+from ptft_jax.parallel.sharding import host_to_global, make_mesh, replicated
+from ptft_jax.tasks import losses, metrics
+from ptft_jax.tasks import text as tasks_text
+from ptft_jax.train import checkpoint, run, train_and_evaluate
+from ptft_jax.train.steps import init_variables, make_eval_step, make_train_step
 
 __all__ = [
-    "base_config", "checkpoint", "data", "host_to_global", "init_variables", "losses",
-    "make_eval_step", "make_mesh", "make_optimizer", "make_schedule", "make_train_step",
-    "metrics", "models", "optim", "replicated", "run", "sharding", "tasks", "tasks_text",
-    "train_and_evaluate",
+    "base_config", "checkpoint", "data", "host_to_global", "init_variables", "load_predictor",
+    "losses", "make_eval_step", "make_mesh", "make_optimizer", "make_schedule",
+    "make_train_step", "metrics", "models", "optim", "replicated", "run", "sharding", "tasks",
+    "tasks_text", "train_and_evaluate",
 ]

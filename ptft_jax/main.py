@@ -11,7 +11,7 @@ the old run aside to `<workdir>.old-<timestamp>`.
 Multi-host: run the same command on every host with --multihost (TPU VM slices,
 SLURM; see launch/), or with --coordinator_address, --num_processes and
 --process_id (or PTFT_COORDINATOR, PTFT_NUM_PROCESSES, PTFT_PROCESS_ID); see
-ptft_jax/multihost.py.
+ptft_jax/parallel/multihost.py.
 """
 
 import re
@@ -27,7 +27,7 @@ _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "If --workdir holds a run with a different config, move it aside to "
     "<workdir>.old-<timestamp> and start fresh (never deletes).")
-# Multi-host (see ptft_jax/multihost.py); each also reads PTFT_COORDINATOR,
+# Multi-host (see ptft_jax/parallel/multihost.py); each also reads PTFT_COORDINATOR,
 # PTFT_NUM_PROCESSES, PTFT_PROCESS_ID, PTFT_MULTIHOST from the environment.
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "host:port of process 0, to join a multi-process run explicitly.")
@@ -46,8 +46,9 @@ def _main(argv):
   del argv
   from absl import logging as absl_logging
 
-  from ptft_jax import multihost, train  # late import: flag errors should not wait for jax
+  from ptft_jax import train  # late import: flag errors should not wait for jax
   from ptft_jax.errors import ConfigError
+  from ptft_jax.parallel import multihost
 
   # Orbax and TFDS log every file they touch at INFO and chat at WARNING; keep the
   # console to our lines (--debug shows everything).
@@ -57,7 +58,7 @@ def _main(argv):
   multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                        _MULTIHOST.value)  # before anything asks jax for devices
   if _MODE.value == "eval":
-    from ptft_jax import evaluate
+    from ptft_jax.inference import evaluate
 
     result, path = evaluate.evaluate_checkpoint(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
     scalars = "  ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float))
@@ -135,8 +136,8 @@ def main():
 
   A preempted run (SIGTERM) exits 0 after its checkpoint is saved.
   """
-  from ptft_jax import preemption
   from ptft_jax.errors import UserError
+  from ptft_jax.train import preemption
 
   debug = "--debug" in sys.argv
   if not debug and not hasattr(sys.unraisablehook, "ptft_quiet"):

@@ -21,11 +21,11 @@ import tensorflow_datasets as tfds
 from absl import flags
 from test_reliability import compile_cache  # noqa: F401 -- module fixture: compile once
 
-from ptft_jax import checkpoint
 from ptft_jax import main as cli
 from ptft_jax.convert import __main__ as convert_cli
 from ptft_jax.convert.hf_bert import export_hf_bert
 from ptft_jax.models.transformer import BertEncoder, TransformerConfig
+from ptft_jax.train import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--config.model.hidden_sizes=(32,)", "--config.train.steps=2",
@@ -100,7 +100,7 @@ def env(tmp_path_factory):
   with open(f"{garbled}/config.json", "w") as f:
     f.write('{"model": ')
   (root / "freeze.py").write_text(
-      "from ptft_jax.defaults import base_config\n\n\n"
+      "from ptft_jax.config.defaults import base_config\n\n\n"
       "def get_config():\n"
       "  c = base_config()\n"
       "  c.optim.groups = [('backbone/layer_9/.*', {'frozen': True})]\n"

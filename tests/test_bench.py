@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ptft_jax import bench, flops
+from ptft_jax.bench import benchmark as bench
+from ptft_jax.bench import flops
 from ptft_jax.models import transformer
 from ptft_jax.models.base import Model
 

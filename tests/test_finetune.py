@@ -13,23 +13,13 @@ import numpy as np
 import optax
 import pytest
 
-from ptft_jax import (
-  base_config,
-  checkpoint,
-  compare,
-  early_stopping,
-  finetune,
-  lora,
-  losses,
-  models,
-  optim,
-  sharding,
-  steps,
-  strategies,
-  tasks,
-  train,
-)
+from ptft_jax import base_config, models, optim, tasks, train
 from ptft_jax.errors import ConfigError
+from ptft_jax.optim import lora, strategies
+from ptft_jax.parallel import sharding
+from ptft_jax.tasks import losses
+from ptft_jax.train import checkpoint, early_stopping, finetune, reports, steps
+from ptft_jax.utils import tree_paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +45,7 @@ def _optim(**kw):
 
 def _flat(tree):
   return {k: np.asarray(v) for k, v in zip(
-      jax.tree_util.tree_leaves(optim.tree_paths(tree)), jax.tree_util.tree_leaves(tree),
+      jax.tree_util.tree_leaves(tree_paths(tree)), jax.tree_util.tree_leaves(tree),
       strict=True)}
 
 
@@ -231,8 +221,7 @@ def test_lora_base_frozen_bitwise_without_optimizer_state():
   params = lora.add_adapters(params, jax.random.PRNGKey(3), rank=2, targets=r"backbone/.*/kernel")
   cfg = _optim(weight_decay=0.1, grad_clip_norm=1.0, lr=0.05, strategy={"name": "lora"})
   tx, groups = optim.make_optimizer(params, cfg, 10)
-  labels, _ = optim.assign_groups(params, cfg)
-  trainable = optim.trainable_mask(labels, groups)
+  trainable = optim.trainable_mask(params, groups)
   counts = optim.param_counts(groups)
   adapters = (16 + 8) * 2 + (8 + 4) * 2
   assert counts["trainable"] == adapters + 4 * 3 + 3
@@ -376,7 +365,8 @@ def test_best_keeper_saves_best_and_replays_on_resume(tmp_path):
   decisions = []
   for step, v in [(2, 0.5), (4, 0.7), (6, 0.6), (8, 0.65)]:
     state = {"params": {"w": params["w"] + step}, "model_state": {}}
-    decisions.append(keeper.observe(step, {"accuracy": v, "loss": 1.0}, lambda s=state: s))
+    decisions.append(keeper.record_and_save_best(
+        step, {"accuracy": v, "loss": 1.0}, lambda s=state: s))
   assert decisions == [False, False, False, True]
   best = json.load(open(tmp_path / "best.json"))
   assert (best["step"], best["value"], best["metric"]) == (4, 0.7, "accuracy")
@@ -390,7 +380,7 @@ def test_best_keeper_saves_best_and_replays_on_resume(tmp_path):
       keep_best=True)
   assert (resumed.rule.best_step, resumed.rule.bad_evals, resumed.stopped) == (4, 1, False)
   with pytest.raises(ConfigError, match=r"metric='accuracy' is not a validation metric.*'mse'"):
-    resumed.observe(8, {"mse": 1.0}, dict)
+    resumed.record_and_save_best(8, {"mse": 1.0}, dict)
 
 
 def _tiny(steps_=8, **kw):
@@ -488,7 +478,7 @@ def test_strategies_config_and_report(tmp_path):
               open(tmp_path / name / "eval_test.json", "w"))
     json.dump({"trainable": trainable, "total": 1000, "frozen": 1000 - trainable},
               open(tmp_path / name / "param_groups.json", "w"))
-  table = compare.write_report(str(tmp_path), ["probe", "full", "missing"])
+  table = reports.write_strategy_report(str(tmp_path), ["probe", "full", "missing"])
   assert table.splitlines()[2] == "| probe | 10 | 1% | 0.5000 | 0.4000 |"
   assert (tmp_path / "strategies.png").stat().st_size > 1000
   assert [r["stage"] for r in json.load(open(tmp_path / "strategies.json"))] == ["probe", "full"]

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ptft_jax import losses, metrics
+from ptft_jax.tasks import losses, metrics
 
 
 def test_cross_entropy_by_hand():

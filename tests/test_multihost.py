@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptft_jax import checkpoint, data, models, optim, sharding, steps, tasks, train
+from ptft_jax import data, models, optim, tasks, train
+from ptft_jax.parallel import sharding
+from ptft_jax.train import checkpoint, reports, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +46,7 @@ def _config(pretrained: str):
 
 
 def _train_losses(workdir) -> dict[int, tuple[float, float]]:
-  return {r["step"]: (r["loss"], r["grad_norm"]) for r in train.read_metrics(str(workdir),
+  return {r["step"]: (r["loss"], r["grad_norm"]) for r in reports.read_metrics(str(workdir),
                                                                              "train")}
 
 

@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ptft_jax import base_config, checkpoint, data, evaluate, inference, predict, tasks, train
+from ptft_jax import base_config, data, tasks, train
 from ptft_jax.data import text
 from ptft_jax.errors import CheckpointError, ConfigError, DataError
+from ptft_jax.inference import evaluate, predict
+from ptft_jax.inference import predictor as inference
 from ptft_jax.models import build_model
+from ptft_jax.train import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

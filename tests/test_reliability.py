@@ -13,8 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from ptft_jax import base_config, checkpoint, preemption, steps, train, writers
+from ptft_jax import base_config, tasks, train
 from ptft_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from ptft_jax.train import checkpoint, loop, preemption, steps
+from ptft_jax.utils import write_json_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,7 +78,7 @@ def straight(tmp_path_factory):
 
 def _on_batch(monkeypatch, calls: dict[int, callable]):
   """Runs calls[n] when the loop asks for its n-th train batch (n=1: the first step's)."""
-  real, count = train._model_batch, [0]
+  real, count = tasks.model_batch, [0]
 
   def model_batch(task, batch):
     out = real(task, batch)
@@ -86,7 +88,7 @@ def _on_batch(monkeypatch, calls: dict[int, callable]):
         out = calls[count[0]](out) or out
     return out
 
-  monkeypatch.setattr(train, "_model_batch", model_batch)
+  monkeypatch.setattr(tasks, "model_batch", model_batch)
 
 
 def _sigterm(*_):
@@ -119,7 +121,7 @@ def test_sigterm_during_compile_step_and_eval_saves_and_resumes_bitwise(
 
   # 3) during the evaluation at step 4: the evaluation ends (it is part of the run's
   # history), step 4 is saved, and the run exits before step 5.
-  real_eval, seen = train.evaluate, []
+  real_eval, seen = loop.evaluate, []
 
   def evaluate(*a, **k):
     _sigterm()
@@ -128,7 +130,7 @@ def test_sigterm_during_compile_step_and_eval_saves_and_resumes_bitwise(
     return result
 
   with monkeypatch.context() as m, preemption.watch():
-    m.setattr(train, "evaluate", evaluate)
+    m.setattr(loop, "evaluate", evaluate)
     with pytest.raises(preemption.Preempted) as e:
       train.train_and_evaluate(small_config(), str(tmp_path))
   assert e.value.step == 4 and len(seen) == 1 and 0 <= seen[0]["accuracy"] <= 1
@@ -218,7 +220,7 @@ _KILL_DURING_SAVE = """
 import os, sys
 import jax, jax.numpy as jnp
 from orbax.checkpoint._src.path import atomicity
-from ptft_jax import checkpoint
+from ptft_jax.train import checkpoint
 manager = checkpoint.make_manager(sys.argv[1])
 state = {"step": jnp.int32(1), "params": {"w": jnp.ones((64, 64))}, "model_state": {},
          "opt_state": {"m": jnp.zeros((64, 64))}, "rng": jax.random.PRNGKey(0)}
@@ -304,8 +306,8 @@ def test_a_run_that_failed_before_saving_does_not_block_the_fixed_one(tmp_path):
 
 def test_result_json_is_replaced_atomically(tmp_path):
   path = str(tmp_path / "eval_test.json")
-  writers.write_json(path, {"accuracy": 0.5})
+  write_json_atomic(path, {"accuracy": 0.5})
   with pytest.raises(TypeError):
-    writers.write_json(path, {"accuracy": object()})  # fails half way through writing
+    write_json_atomic(path, {"accuracy": object()})  # fails half way through writing
   assert json.load(open(path)) == {"accuracy": 0.5}
   assert os.listdir(tmp_path) == ["eval_test.json"]

@@ -10,12 +10,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ptft_jax import checkpoint, train
+from ptft_jax import train
 from ptft_jax.errors import ConfigError
 from ptft_jax.models import build_backbone, build_model
-from ptft_jax.models.heads import ClassifierHead
-from ptft_jax.models.heads_text import CausalLMHead, SequenceClassificationHead
+from ptft_jax.models.heads import CausalLMHead, ClassifierHead, SequenceClassificationHead
 from ptft_jax.models.rnn import MaskedRnn, RnnBackbone
+from ptft_jax.train import checkpoint, reports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,7 +184,7 @@ def test_lstm_config_pretrains_an_lm_and_fine_tunes_a_classifier_offline(tmp_pat
   config.stages.pretrain.train.eval_every = 0  # train metrics only: one compile less
   config.stages.pretrain.eval_splits = ()
   result = train.run(config, str(tmp_path))
-  lm = train.read_metrics(str(tmp_path / "pretrain"), split="train")
+  lm = reports.read_metrics(str(tmp_path / "pretrain"), split="train")
   assert [r["step"] for r in lm] == [2, 3]
   assert all(1 < r["perplexity"] < 2 * 4096 and 0 <= r["accuracy"] <= 1 for r in lm)
   report = json.loads((tmp_path / "finetune" / "transfer_report.json").read_text())

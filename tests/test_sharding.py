@@ -9,8 +9,10 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ptft_jax import base_config, data, memory, models, multihost, optim, sharding, steps, tasks
+from ptft_jax import base_config, data, models, optim, tasks
 from ptft_jax.errors import ConfigError
+from ptft_jax.parallel import memory, multihost, sharding
+from ptft_jax.train import steps
 
 
 def _mlp_setup():

@@ -13,13 +13,16 @@ import pytest
 import scipy.stats
 import tensorflow_datasets as tfds
 
-from ptft_jax import data, metrics, tasks, tasks_text, train
+from ptft_jax import data, tasks, train
 from ptft_jax.convert.hf_bert import export_hf_bert
 from ptft_jax.data import text
 from ptft_jax.data.text.tokenizer import Vocab
 from ptft_jax.errors import ConfigError
 from ptft_jax.models import Model, build_model
 from ptft_jax.models.transformer import BertEncoder, GptDecoder, TransformerConfig
+from ptft_jax.tasks import metrics
+from ptft_jax.tasks import text as tasks_text
+from ptft_jax.train import reports
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -194,7 +197,7 @@ def test_pretrain_mlm_nsp_then_finetune_classification(tmp_path):
   result = {name: train.train_and_evaluate(c, str(tmp_path / "run" / name))
             for name, c in (("pretrain", pretrain), ("finetune", finetune))}
 
-  logged = lambda stage, key: [r[key] for r in train.read_metrics(tmp_path / "run" / stage,
+  logged = lambda stage, key: [r[key] for r in reports.read_metrics(tmp_path / "run" / stage,
                                                                   "train")]
   mlm = logged("pretrain", "mlm_loss")
   assert np.mean(mlm[-5:]) < np.mean(mlm[:5]) - 0.5  # from ln(1024) = 6.9 down

@@ -11,8 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ptft_jax import base_config, checkpoint, data, models, sharding, steps, tasks, train
+from ptft_jax import base_config, data, models, tasks, train
 from ptft_jax.errors import CheckpointError
+from ptft_jax.parallel import sharding
+from ptft_jax.train import checkpoint, steps
+from ptft_jax.utils import tree_paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +39,7 @@ def tiny_config(task="classification", hidden=(32,), steps_=6, **train_kw):
 
 def _flat(tree):
   return {k: np.asarray(v) for k, v in zip(
-      jax.tree_util.tree_leaves(checkpoint.tree_paths(tree)),
+      jax.tree_util.tree_leaves(tree_paths(tree)),
       jax.tree_util.tree_leaves(tree), strict=True)}
 
 

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ptft_jax import augment, checkpoint, optim, steps, tasks, train
+from ptft_jax import optim, tasks, train
 from ptft_jax.errors import ConfigError
-from ptft_jax.models import ResNet, build_backbone, build_model, freeze_norms
+from ptft_jax.models import ResNet, build_backbone, build_model
 from ptft_jax.models.resnet import frozen_norm_paths
+from ptft_jax.tasks import augment
+from ptft_jax.train import checkpoint, steps
+from ptft_jax.utils import tree_paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +48,7 @@ def abstract_init(model, batch):
 
 
 def flat(tree) -> dict[str, np.ndarray]:
-  paths = jax.tree_util.tree_leaves(checkpoint.tree_paths(tree))
+  paths = jax.tree_util.tree_leaves(tree_paths(tree))
   return {p: np.asarray(v) for p, v in zip(paths, jax.tree_util.tree_leaves(tree), strict=True)}
 
 
@@ -168,7 +171,7 @@ def _linear_model(resnet_runs):
 def test_frozen_norms_make_a_training_pass_the_eval_pass(resnet_runs):
   model, params, model_state, trainable = _linear_model(resnet_runs)
   assert len(frozen_norm_paths(trainable, model_state)) == 6
-  frozen = freeze_norms(model, trainable, model_state)
+  frozen = model.with_frozen_norms(trainable, model_state)
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (16, 8, 8, 1))}
   variables = {"params": params, **model_state}
   train_out, new_state = frozen.apply(variables, batch, train=True, mutable=["batch_stats"])
@@ -207,7 +210,7 @@ def test_only_norms_with_frozen_scale_and_bias_are_frozen(resnet_runs):
       "backbone/stage1_block0/bn1", "backbone/stage1_block0/bn2", "backbone/stem_bn")
   # A norm with only its scale frozen still learns its bias, so it keeps batch statistics.
   assert frozen_norms([(r"backbone/.*/scale", {"frozen": True})]) == ()
-  assert freeze_norms(model, None, model_state) is model
+  assert model.with_frozen_norms(None, model_state) is model
 
 
 def test_simclr_resnet_train_step_builds():

@@ -5,7 +5,7 @@ r"""The PyTorch peer of `python -m ptft_jax.bench`: HF BERT train steps of the s
 Needs torch and transformers (a separate venv; torch is not a ptft_jax
 requirement): `python3 -m venv /work/torchenv && /work/torchenv/bin/pip install
 torch==2.13.0 transformers`. Prints one JSON line per workload with the keys of
-ptft_jax.bench's records:
+ptft_jax.bench.benchmark's records:
 
   peer_bert_mlm  BertForMaskedLM, 6 layers, hidden 384, 12 heads, ffn 1536, vocab
                  30522 (MiniLM-L6), batch 32 x 128, 20 masked positions per row
@@ -13,7 +13,7 @@ ptft_jax.bench's records:
                  torch.optim.AdamW + clip_grad_norm_(1.0), dropout 0.1
   peer_bert_cls  BertForSequenceClassification (pooler + 2 classes), same shape
 
-`model_flops_per_step` uses ptft_jax/flops.py's formula (MLM output at the 20
+`model_flops_per_step` uses ptft_jax/bench/flops.py's formula (MLM output at the 20
 masked positions), so flops_per_s compares the same useful work;
 `executed_flops_per_step` counts HF's MLM output at all 128 positions.
 `peak_flops_per_s` is torch's own 2048 x 2048 float32 matmul, measured in the

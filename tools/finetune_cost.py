@@ -23,8 +23,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ptft_jax import base_config, lora, models, optim, steps, tasks_text  # noqa: E402
-from ptft_jax.models.heads_text import SequenceClassificationHead  # noqa: E402
+from ptft_jax import base_config, models, optim
+from ptft_jax.models.heads import SequenceClassificationHead  # noqa: E402
+from ptft_jax.optim import lora
+from ptft_jax.tasks import text as tasks_text  # noqa: E402
+from ptft_jax.train import steps
 
 
 def build(strategy: str, args):
@@ -53,8 +56,7 @@ def build(strategy: str, args):
                                targets=r"backbone/layer_\d+/(attention|mlp)/.*/kernel")
     param_fn = lambda p: lora.merge_lora(p, 16.0)
   tx, groups = optim.make_optimizer(params, c.optim, total_steps=100)
-  labels, _ = optim.assign_groups(params, c.optim)
-  trainable = optim.trainable_mask(labels, groups)
+  trainable = optim.trainable_mask(params, groups)
   step = jax.jit(steps.make_train_step(model, task, tx, trainable=trainable, param_fn=param_fn),
                  donate_argnums=(0,))
   state = {"step": jnp.int32(0), "params": params, "model_state": model_state,

@@ -23,7 +23,7 @@ import safetensors
 import safetensors.numpy
 
 from ptft_jax.errors import CheckpointError, UserError
-from ptft_jax.models.heads_text import MaskedLMHead, NextSentenceHead
+from ptft_jax.models.heads import MaskedLMHead, NextSentenceHead
 from ptft_jax.models.transformer import BertEncoder, TransformerConfig
 
 CONFIG_FILE = "config.json"

@@ -18,7 +18,7 @@ from ptft_jax.models.transformer import TransformerConfig
 def write_pretrained_workdir(
     config: TransformerConfig, params: Mapping[str, Any], workdir: str | os.PathLike
 ) -> None:
-  """Saves converted weights as a workdir that `ptft_jax.checkpoint` restores.
+  """Saves converted weights as a workdir that `ptft_jax.train.checkpoint` restores.
 
   Args:
     config: the backbone's TransformerConfig (`dataclasses.asdict` is JSON-able;
@@ -28,7 +28,7 @@ def write_pretrained_workdir(
       `backbone/...` and `heads/<name>/...` of `ptft_jax.models.base.Model`.
     workdir: output directory.
   """
-  from ptft_jax import checkpoint
+  from ptft_jax.train import checkpoint
 
   config_dict = dataclasses.asdict(config)
   checkpoint.save_pretrained(os.fspath(workdir), dict(params), config=config_dict)

@@ -8,7 +8,7 @@ from ptft_jax.models.base import Model
 from ptft_jax.models.cnn import CnnBackbone
 from ptft_jax.models.heads import ClassifierHead, DecoderHead, ProjectionHead
 from ptft_jax.models.mlp import MlpBackbone
-from ptft_jax.models.resnet import ResNet, freeze_norms
+from ptft_jax.models.resnet import ResNet
 from ptft_jax.models.rnn import RnnBackbone
 from ptft_jax.models.transformer import BertEncoder, GptDecoder, TransformerConfig
 
@@ -55,5 +55,5 @@ def build_model(model_config: ml_collections.ConfigDict, heads: dict[str, nn.Mod
 __all__ = [
     "BACKBONES", "ClassifierHead", "CnnBackbone", "DecoderHead", "MlpBackbone", "Model",
     "ProjectionHead", "build_backbone", "build_model",
-    "ResNet", "RnnBackbone", "freeze_norms",
+    "ResNet", "RnnBackbone",
 ]

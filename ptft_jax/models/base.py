@@ -57,3 +57,18 @@ class Model(nn.Module):
     features = self.backbone(batch, train=train)
     outputs = _Heads(self.heads, name="heads")(features, batch, train=train, names=heads)
     return {"features": features, **outputs}
+
+  @nn.nowrap
+  def with_frozen_norms(self, trainable, model_state: dict) -> "Model":
+    """This model, with its backbone's normalization adapted to what is frozen.
+
+    `trainable` is a bool tree over params. A backbone opts in by defining
+    `with_frozen_norms(trainable, model_state)` (ResNet: "auto" BatchNorms whose
+    params are all frozen use their running averages); otherwise a no-op (the
+    same object). Called at trace time, so it costs nothing per step.
+    """
+    adapt = getattr(self.backbone, "with_frozen_norms", None)
+    if trainable is None or adapt is None:
+      return self
+    backbone = adapt(trainable, model_state)
+    return self if backbone is self.backbone else self.clone(backbone=backbone)

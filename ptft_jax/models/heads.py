@@ -1,10 +1,30 @@
-"""Heads for vector features: classifier, projection (contrastive), decoder (autoencoder)."""
+"""Heads: what sits on a backbone's features for one task.
 
-from collections.abc import Sequence
+Vector features (`features["features"]`, [batch, hidden]): classifier,
+projection (contrastive), decoder (autoencoder).
+
+Text features (BertEncoder / GptDecoder: `features["sequence"]` [batch, seq, hidden]).
+
+Parameter layout (relative to `heads/<name>/`), matching HF BERT's `cls.*`:
+
+  MaskedLMHead:  transform/dense/{kernel [hidden, hidden], bias}
+                 transform/layer_norm/{scale,bias}
+                 bias [vocab]              (output weights tied to word_embeddings)
+  NextSentenceHead:  dense/{kernel [hidden, 2], bias [2]}
+  CausalLMHead:  nothing when tied; output/kernel [hidden, vocab] when untied.
+  SequenceClassificationHead:  classifier/{kernel [hidden, num_classes], bias}
+
+All heads return float32 logits.
+"""
+
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ptft_jax.errors import UserError
+from ptft_jax.models import matmul as matmul_lib
 
 
 class ClassifierHead(nn.Module):
@@ -51,3 +71,127 @@ class DecoderHead(nn.Module):
       size *= d
     x = nn.Dense(size, name="out")(x)
     return jnp.reshape(x, (x.shape[0], *self.output_shape))
+
+
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def gather_positions(sequence: jax.Array, positions: jax.Array) -> jax.Array:
+  """`[batch, seq, hidden]`, `[batch, p]` int -> `[batch, p, hidden]`."""
+  positions = jnp.asarray(positions, jnp.int32)
+  return jnp.take_along_axis(sequence, positions[:, :, None], axis=1)
+
+
+def _tied_logits(x: jax.Array, table: jax.Array) -> jax.Array:
+  """`[..., hidden]` x `[vocab, hidden]` -> float32 `[..., vocab]`."""
+  return matmul_lib.matmul(x, table.astype(x.dtype), transpose_w=True, out_dtype=jnp.float32)
+
+
+class _MlmTransform(nn.Module):
+  """Dense -> GELU (exact) -> LayerNorm, as HF `cls.predictions.transform`."""
+
+  layer_norm_eps: float
+  dtype: str
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    hidden = x.shape[-1]
+    x = matmul_lib.Dense(hidden, dtype=self.dtype, kernel_init=_INIT, name="dense")(x)
+    x = nn.gelu(x, approximate=False)
+    return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="layer_norm")(x)
+
+
+class MaskedLMHead(nn.Module):
+  """Masked-LM logits at `batch["masked_positions"]` only.
+
+  Reads `features["sequence"]` [batch, seq, hidden] and
+  `features["word_embeddings"]` [vocab, hidden] (tied output weights) and
+  `batch["masked_positions"]` [batch, p] int. Returns `[batch, p, vocab]`.
+  """
+
+  layer_norm_eps: float = 1e-12
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, features: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], *,
+               train: bool) -> jax.Array:
+    del train
+    if "masked_positions" not in batch:
+      raise UserError(
+          f"MaskedLMHead needs batch['masked_positions'] [batch, p]; batch has {sorted(batch)}")
+    table = features["word_embeddings"]
+    x = gather_positions(features["sequence"], batch["masked_positions"])
+    x = _MlmTransform(self.layer_norm_eps, self.dtype, name="transform")(x)
+    bias = self.param("bias", nn.initializers.zeros, (table.shape[0],), jnp.float32)
+    return _tied_logits(x, table) + bias
+
+
+class NextSentenceHead(nn.Module):
+  """`features["pooled"]` [batch, hidden] -> `[batch, 2]` (0 = is next, as HF)."""
+
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, features: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], *,
+               train: bool) -> jax.Array:
+    del batch, train
+    if "pooled" not in features:
+      raise UserError("NextSentenceHead needs features['pooled']; enable the backbone pooler")
+    logits = nn.Dense(2, dtype=self.dtype, kernel_init=_INIT, name="dense")(features["pooled"])
+    return logits.astype(jnp.float32)
+
+
+class CausalLMHead(nn.Module):
+  """Next-token logits over the whole sequence: `[batch, seq, vocab]`.
+
+  Tied: `sequence @ word_embeddings.T` (no params). Untied: `output` dense
+  without bias, sized from `features["word_embeddings"]`.
+  """
+
+  tied: bool = True
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, features: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], *,
+               train: bool) -> jax.Array:
+    del batch, train
+    x, table = features["sequence"], features["word_embeddings"]
+    if self.tied:
+      return _tied_logits(x, table)
+    out = nn.Dense(table.shape[0], use_bias=False, dtype=self.dtype, kernel_init=_INIT,
+                   name="output")
+    return out(x).astype(jnp.float32)
+
+
+class SequenceClassificationHead(nn.Module):
+  """Pooled features -> dropout -> `[batch, num_classes]` (num_classes=1: regression).
+
+  pooling="cls": `features["pooled"]` when the backbone has a pooler (as HF
+  BertForSequenceClassification), else the first token's hidden state.
+  pooling="mean": mean of `sequence` over real tokens (`batch["attention_mask"]`).
+  """
+
+  num_classes: int
+  pooling: str = "cls"
+  dropout_rate: float = 0.1
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, features: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], *,
+               train: bool) -> jax.Array:
+    sequence = features["sequence"]
+    if self.pooling == "cls":
+      x = features["pooled"] if "pooled" in features else sequence[:, 0]
+    elif self.pooling == "mean":
+      mask = batch.get("attention_mask")
+      if mask is None:
+        mask = jnp.ones(sequence.shape[:2])
+      mask = jnp.asarray(mask, jnp.float32)[:, :, None]
+      total = jnp.sum(sequence.astype(jnp.float32) * mask, axis=1)
+      x = (total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)).astype(sequence.dtype)
+    else:
+      raise UserError(f"SequenceClassificationHead pooling {self.pooling!r} is not 'cls'|'mean'")
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_INIT,
+                      name="classifier")(x)
+    return logits.astype(jnp.float32)

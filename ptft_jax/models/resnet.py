@@ -22,7 +22,7 @@ BatchNorm modes (`config.model.batch_norm`):
   "auto"    (default) per layer: a BatchNorm whose scale and bias are both frozen by
             `config.optim.groups` behaves as "frozen", any other as "train".
             `steps.make_train_step(..., trainable=...)` resolves this with
-            `freeze_norms` below (the names go into `frozen_norms`).
+            `ResNet.with_frozen_norms` (the names go into `frozen_norms`).
 """
 
 from collections.abc import Sequence
@@ -110,7 +110,7 @@ class ResNet(nn.Module):
       quick tests); the depth still picks the block kind.
     batch_norm: "train", "frozen" or "auto" (see the module docstring).
     frozen_norms: full paths of the BatchNorm modules that "auto" freezes; set by
-      `freeze_norms`, not by hand.
+      `with_frozen_norms` (through `Model.with_frozen_norms`), not by hand.
     dtype: compute dtype ("float32", "bfloat16"); parameters stay float32.
   """
 
@@ -130,6 +130,12 @@ class ResNet(nn.Module):
       raise ConfigError(
           f"config.model.batch_norm: {self.batch_norm!r} is not one of {BATCH_NORM_MODES}")
     super().__post_init__()
+
+  @nn.nowrap
+  def with_frozen_norms(self, trainable, model_state: dict) -> "ResNet":
+    """This backbone with the "auto" BatchNorms whose params are all frozen in `frozen_norms`."""
+    frozen = frozen_norm_paths(trainable, model_state)
+    return self.clone(frozen_norms=frozen) if frozen else self
 
   @nn.compact
   def __call__(self, batch, *, train: bool) -> dict[str, jax.Array]:
@@ -183,18 +189,3 @@ def frozen_norm_paths(trainable: Any, model_state: dict) -> tuple[str, ...]:
     if leaves and not any(bool(t) for t in leaves):
       frozen.append(path)
   return tuple(frozen)
-
-
-def freeze_norms(model: nn.Module, trainable: Any, model_state: dict) -> nn.Module:
-  """Returns `model` whose "auto" BatchNorms with frozen params use running averages.
-
-  A no-op (the same object) unless the backbone has a `frozen_norms` field and
-  some of its norms are frozen.
-  """
-  backbone = getattr(model, "backbone", None)
-  if trainable is None or not hasattr(backbone, "frozen_norms"):
-    return model
-  frozen = frozen_norm_paths(trainable, model_state)
-  if not frozen:
-    return model
-  return model.clone(backbone=backbone.clone(frozen_norms=frozen))

@@ -41,7 +41,7 @@ from ptft_jax.errors import ConfigError, UserError
 from ptft_jax.models import attention as attn_lib
 from ptft_jax.models import matmul as matmul_lib
 from ptft_jax.models.dropout import Dropout
-from ptft_jax.models.heads_text import (
+from ptft_jax.models.heads import (
   CausalLMHead,
   MaskedLMHead,
   NextSentenceHead,

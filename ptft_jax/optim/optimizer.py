@@ -28,7 +28,7 @@ price: such groups hold optimizer state, and take a full backward pass, from
 step 0.
 
 Groups come from `config.optim.groups` first, then from a named preset in
-`config.optim.strategy` (see strategies.py).
+`config.optim.strategy` (see strategies.py), expanded by the caller.
 
 `config.optim.ema_decay > 0` adds an exponential moving average of the
 trainable parameters at the end of the chain; it lives in the optimizer state
@@ -47,26 +47,11 @@ import numpy as np
 import optax
 
 from ptft_jax.errors import ConfigError
+from ptft_jax.utils import path_str, tree_paths
 
 GROUP_SETTINGS = ("frozen", "lr", "lr_mult", "weight_decay", "schedule", "unfreeze_at", "name")
 SCHEDULES = ("cosine", "linear", "constant")
 DEFAULT_GROUP = "default"
-
-
-def path_str(path) -> str:
-  """'backbone/layer_0/kernel' for a jax key path."""
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-  return "/".join(parts)
-
-
-def tree_paths(tree) -> Any:
-  """A tree of the same structure whose leaves are their own path strings."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p), tree)
 
 
 def make_schedule(
@@ -137,15 +122,19 @@ def _normalize_groups(groups: Sequence) -> list[tuple[str, dict]]:
   return out
 
 
-def assign_groups(params, optim_config: ml_collections.ConfigDict) -> tuple[Any, list[Group]]:
+def assign_groups(params, optim_config: ml_collections.ConfigDict,
+                  group_specs: Sequence | None = None) -> tuple[Any, list[Group]]:
   """Labels every leaf with its group name; returns (label tree, groups in order).
 
-  Raises ConfigError when a group's regex matches no parameter (usually a typo),
-  naming the regex and a few real paths.
+  `group_specs` is the list of (regex, settings) to use, by default
+  `config.optim.groups`; presets (`config.optim.strategy`) are expanded by the
+  caller (ptft_jax.optim.assign_groups / make_optimizer). Raises ConfigError when
+  a group's regex matches no parameter (usually a typo), naming the regex and a
+  few real paths.
   """
-  from ptft_jax import strategies  # presets build on this module
-
-  groups = _normalize_groups(strategies.expand(params, optim_config))
+  if group_specs is None:
+    group_specs = [tuple(g) if isinstance(g, list) else g for g in optim_config.get("groups", ())]
+  groups = _normalize_groups(group_specs)
   names = [str(s.get("name", f"group_{i}")) for i, (_, s) in enumerate(groups)]
   paths = tree_paths(params)
   flat_paths = jax.tree_util.tree_leaves(paths)
@@ -289,23 +278,27 @@ def _zero_inactive(labels, starts: dict[str, int]) -> optax.GradientTransformati
   return optax.GradientTransformation(init, update)
 
 
-def trainable_mask(labels, groups: Sequence[Group]) -> Any:
-  """Bool tree over params: False for leaves of frozen groups."""
-  frozen = {g.name for g in groups if g.frozen}
-  return jax.tree_util.tree_map(lambda lab: lab not in frozen, labels)
+def trainable_mask(tree, groups: Sequence[Group]) -> Any:
+  """Bool tree shaped like `tree` (params, or their label tree): False for frozen groups' leaves."""
+  frozen = {path for g in groups if g.frozen for path in g.leaves}
+  return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p) not in frozen, tree)
 
 
 def make_optimizer(
     params, optim_config: ml_collections.ConfigDict, total_steps: int,
+    group_specs: Sequence | None = None,
 ) -> tuple[optax.GradientTransformation, list[Group]]:
   """Builds the optax transformation for `params`; returns (tx, groups).
+
+  `group_specs`: see `assign_groups` (ptft_jax.optim.make_optimizer passes the
+  config's groups followed by its preset's).
 
   Chain: [zero gradients of groups not yet unfrozen] -> [clip by global norm
   over trainable leaves] -> multi_transform over groups, each `adamw`/`sgd`
   with its own schedule and decay mask (gated by its `unfreeze_at`), or
   `set_to_zero` when frozen -> [EMA of the trainable params].
   """
-  labels, groups = assign_groups(params, optim_config)
+  labels, groups = assign_groups(params, optim_config, group_specs)
   wd_mask = _decay_mask_fn(optim_config.get("weight_decay_mask", r".*/kernel"))
   transforms = {}
   for g in groups:

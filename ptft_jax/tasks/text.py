@@ -17,15 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ptft_jax import losses, metrics, tasks
 from ptft_jax.data.text import TextInfo
 from ptft_jax.errors import ConfigError
-from ptft_jax.models.heads_text import (
-    CausalLMHead,
-    MaskedLMHead,
-    NextSentenceHead,
-    SequenceClassificationHead,
+from ptft_jax.models.heads import (
+  CausalLMHead,
+  MaskedLMHead,
+  NextSentenceHead,
+  SequenceClassificationHead,
 )
+from ptft_jax.tasks import losses, metrics
+from ptft_jax.tasks.image import Classification
 
 Batch = dict[str, jax.Array]
 
@@ -208,7 +209,7 @@ class CausalLM:
 
 
 @dataclasses.dataclass(frozen=True)
-class TextClassification(tasks.Classification):
+class TextClassification(Classification):
   """Fine-tuning: `tasks.Classification` on text; adds `f1` (of class 1) for binary tasks."""
 
   vocab_size: int = 0
@@ -298,9 +299,9 @@ def _text_regression(tc, info):
   return TextRegression(vocab_size=info.vocab.size), _sequence_head(tc, 1)
 
 
-tasks.BUILDERS.update({
+BUILDERS = {
     "masked_lm": _masked_lm,
     "causal_lm": _causal_lm,
     "text_classification": _text_classification,
     "text_regression": _text_regression,
-})
+}

@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ptft_jax import accumulate
-from ptft_jax.models.resnet import freeze_norms
-from ptft_jax.precision import cast_floating
+from ptft_jax.optim.precision import cast_floating
+from ptft_jax.train import accumulate
 
 
 def init_variables(model: nn.Module, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
@@ -63,7 +62,10 @@ def make_train_step(
   def train_step(state, batch):
     rng, step_rng = jax.random.split(state["rng"])
     model_state = state["model_state"]
-    step_model = freeze_norms(model, trainable, model_state)  # trace time, no cost per step
+    # Trace time, no cost per step: e.g. ResNet's "auto" BatchNorms use running averages
+    # when their params are frozen (models.base.Model.with_frozen_norms).
+    adapt = getattr(model, "with_frozen_norms", None)
+    step_model = adapt(trainable, model_state) if adapt else model
 
     def loss_fn(params, ms, batch, rng):  # one (micro)batch
       inputs_rng, dropout_rng = jax.random.split(rng)

@@ -12,7 +12,13 @@ import os
 
 import jax
 
-from ptft_jax import data, inference, precision, sharding, steps, train, writers
+from ptft_jax import data
+from ptft_jax.inference import predictor as inference
+from ptft_jax.optim import precision
+from ptft_jax.parallel import sharding
+from ptft_jax.train import steps
+from ptft_jax.train.loop import evaluate
+from ptft_jax.utils import write_json_atomic
 
 
 def evaluate_checkpoint(workdir: str, split: str = "test",
@@ -29,9 +35,9 @@ def evaluate_checkpoint(workdir: str, split: str = "test",
       run.model, run.task, compute_dtype=precision.compute_dtype(config)))
   variables = dict(run.variables)
   state = {"params": variables.pop("params"), "model_state": variables}
-  result = train.evaluate(eval_step, state, run.task, bundle, split, mesh)
+  result = evaluate(eval_step, state, split, task=run.task, bundle=bundle, mesh=mesh)
   path = os.path.join(workdir, f"eval_{split}_{run.tag}step{run.step}.json")
   if jax.process_index() == 0:
-    writers.write_json(path, {"step": run.step, "checkpoint": str(checkpoint), "split": split,
+    write_json_atomic(path, {"step": run.step, "checkpoint": str(checkpoint), "split": split,
                               **result})
   return result, path

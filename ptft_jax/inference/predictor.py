@@ -29,63 +29,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ptft_jax import checkpoint as ckpt
-from ptft_jax import early_stopping, lora, precision, sharding, tasks, writers
-from ptft_jax.config_utils import CONFIG_FILE
+from ptft_jax import tasks
+from ptft_jax.config.workdir import CONFIG_FILE
+from ptft_jax.data import labels_json
 from ptft_jax.errors import CheckpointError, ConfigError, DataError
 from ptft_jax.models import build_model
+from ptft_jax.optim import lora, precision
+from ptft_jax.parallel import sharding
+from ptft_jax.train import checkpoint as ckpt
+from ptft_jax.train import early_stopping
 
 log = logging.getLogger("ptft_jax")
 
-LABELS_FILE = "labels.json"
 MIN_BUCKET = 32
-
-
-# --- labels.json ------------------------------------------------------------------------
-
-
-def label_record(config: ml_collections.ConfigDict, info: Any) -> dict:
-  """What prediction needs to know about the data: class names and the input format."""
-  from ptft_jax.data.text import TextInfo
-
-  if isinstance(info, TextInfo):
-    return {"kind": "text", "dataset": info.name, "format": info.format,
-            "label_type": info.label_type, "label_names": list(info.label_names),
-            "seq_len": info.seq_len, "vocab": info.vocab.path,
-            "lowercase": bool(config.data.tokenizer.get("lowercase", True))}
-  return {"kind": "image", "dataset": info.name, "label_type": "class",
-          "label_names": [str(n) for n in getattr(info, "label_names", ())],
-          "image_shape": [int(d) for d in info.image_shape]}
-
-
-def write_labels(workdir: str, config: ml_collections.ConfigDict, info: Any) -> None:
-  """Writes `<workdir>/labels.json` (process 0, atomically) so outputs speak in names."""
-  if jax.process_index() == 0:
-    writers.write_json(os.path.join(workdir, LABELS_FILE), label_record(config, info))
-
-
-def read_labels(workdir: str) -> dict | None:
-  path = os.path.join(workdir, LABELS_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _info_from_record(record: dict, config: ml_collections.ConfigDict) -> Any:
-  """The dataset info `tasks.build_task` needs, from labels.json (no data is read)."""
-  if record["kind"] == "text":
-    from ptft_jax.data.text import TextInfo, load_tokenizer
-
-    _, vocab = load_tokenizer(record["vocab"], bool(record["lowercase"]))
-    return TextInfo(name=record["dataset"], format=record["format"], seq_len=record["seq_len"],
-                    vocab=vocab, nsp=False, label_type=record["label_type"],
-                    label_names=tuple(record["label_names"]))
-  from ptft_jax.data import DatasetInfo
-
-  names = list(record["label_names"])
-  return DatasetInfo(name=record["dataset"], image_shape=tuple(record["image_shape"]),
-                     num_classes=len(names), label_names=names, splits={})
 
 
 # --- the run in a workdir ----------------------------------------------------------------
@@ -153,13 +109,13 @@ def load_run(workdir: str, which: str | int = "latest", *, sharding_=None,
                       f"one of {sorted(config.stages)}")
   where, step, tag = resolve_checkpoint(workdir, which)
   if info is None:
-    record = read_labels(workdir)
+    record = labels_json.read_labels_json(workdir)
     if record is None:
       from ptft_jax import data
 
       info = data.make_data(config.data, seed=config.seed).info
     else:
-      info = _info_from_record(record, config)
+      info = labels_json.info_from_record(record)
   task, heads = tasks.build_task(config, info)
   model = build_model(precision.model_config(config), heads)
   loaded, _ = ckpt.load_params(where, step=step, sharding=sharding_)

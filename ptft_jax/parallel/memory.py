@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ptft_jax.sharding import Layout, batch_divisor
+from ptft_jax.parallel.sharding import Layout, batch_divisor
 
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 

@@ -34,7 +34,7 @@ import jax
 import ml_collections
 
 from ptft_jax.errors import ConfigError
-from ptft_jax.optim import tree_paths
+from ptft_jax.utils import tree_paths
 
 STRATEGIES = ("", "full", "linear_probe", "freeze_layers", "layer_decay", "gradual_unfreeze",
               "discriminative", "lora")

@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   # unfreeze_at (step), name. Example: [("backbone/.*", {"frozen": True})]
   c.optim.groups = []
   # A named fine-tuning preset that adds groups after config.optim.groups (see
-  # ptft_jax/strategies.py): "" | full | linear_probe | freeze_layers | layer_decay
+  # ptft_jax/optim/strategies.py): "" | full | linear_probe | freeze_layers | layer_decay
   # | gradual_unfreeze | discriminative | lora. The other keys are its settings.
   c.optim.strategy = ml_collections.ConfigDict(dict(
       name="",
@@ -85,11 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.init.load = ["backbone/.*"]  # fullmatch patterns of params to load
   c.init.skip = ["heads/.*"]  # ...and to leave freshly initialized
 
-  # LoRA adapters (ptft_jax/lora.py): rank 0 = off. Pair with optim.strategy.name="lora"
+  # LoRA adapters (ptft_jax/optim/lora.py): rank 0 = off. Pair with optim.strategy.name="lora"
   # to freeze the base backbone; targets is a fullmatch regex over kernel paths.
   c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=r"backbone/.*/kernel"))
 
-  # Device mesh (ptft_jax/sharding.py): sizes within a slice, one may be -1 (the rest);
+  # Device mesh (ptft_jax/parallel/sharding.py): sizes within a slice, one may be -1 (the rest);
   # dcn_* split the slices of a multi-slice TPU (one may be -1).
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1,
                                       "dcn_data": -1, "dcn_fsdp": 1, "dcn_tensor": 1})

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ptft_jax.errors import CheckpointError, ConfigError
-from ptft_jax.optim import tree_paths
+from ptft_jax.utils import tree_paths
 
 LORA = "lora"
 

@@ -12,7 +12,6 @@
 
 import dataclasses
 import functools
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,8 +20,12 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from ptft_jax import checkpoint, lora, optim, precision, sharding
 from ptft_jax.errors import ConfigError
+from ptft_jax.optim import lora, precision
+from ptft_jax.optim import optimizer as optim
+from ptft_jax.parallel import sharding
+from ptft_jax.train import checkpoint
+from ptft_jax.utils import write_json_atomic
 
 MERGED_DIR = "merged"
 PARAMS_FILE = "param_groups.json"
@@ -77,7 +80,7 @@ class FineTuning:
       params = jax.jit(self.param_fn)(params)
     return {"params": params, "model_state": state["model_state"]}
 
-  def save_merged(self, state: dict, workdir: str):
+  def write_merged_checkpoint(self, state: dict, workdir: str):
     """Writes `<workdir>/merged`: the LoRA-merged params, params-only (once per run)."""
     if not self.lora:
       return None
@@ -90,8 +93,8 @@ class FineTuning:
         step=int(jax.device_get(state["step"])), config={"lora_merged": self.lora})
 
 
-def param_report(groups: Sequence[optim.Group], params: dict, workdir: str,
-                 fine_tuning: FineTuning) -> str:
+def write_param_groups_json(workdir: str, groups: Sequence[optim.Group], params: dict,
+                            fine_tuning: FineTuning) -> str:
   """One line with the trainable parameter count; writes `<workdir>/param_groups.json`."""
   counts = optim.param_counts(groups)
   adapters = sum(x.size for x in jax.tree_util.tree_leaves(params.get(lora.LORA, {})))
@@ -102,8 +105,7 @@ def param_report(groups: Sequence[optim.Group], params: dict, workdir: str,
          "frozen": g.frozen, "unfreeze_at": g.unfreeze_at} for g in groups]}
     if fine_tuning.lora:
       record["lora"] = fine_tuning.lora
-    with open(os.path.join(workdir, PARAMS_FILE), "w") as f:
-      json.dump(record, f, indent=1)
+    write_json_atomic(os.path.join(workdir, PARAMS_FILE), record)
   share = counts["trainable"] / max(counts["total"], 1)
   line = f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} ({share:.2%})"
   if fine_tuning.lora:

@@ -7,7 +7,7 @@ Prints one JSON object per line: first `peak` (jitted 2048 x 2048 matmuls,
 float32 and bfloat16), then one per workload with at least
 
   workload, step_s (median of the timed steps), examples_per_s, tokens_per_s,
-  model_flops_per_step (ptft_jax/flops.py), flops_per_s, peak_share
+  model_flops_per_step (ptft_jax/bench/flops.py), flops_per_s, peak_share
   (flops_per_s / the float32 matmul peak measured in the same process, just
   before and after the timed steps), peak_memory_bytes (+ memory_source)
 
@@ -136,7 +136,7 @@ def _throughput(workload, times, *, examples, tokens, flops, peak, compile_s, **
 
 def text_shape(tiny: bool):
   """The MiniLM-L6 shape at batch 32 x 128 with 20 predictions (or a toy one)."""
-  from ptft_jax import flops
+  from ptft_jax.bench import flops
 
   if tiny:
     return flops.TransformerShape(num_layers=2, hidden_size=16, num_heads=4,
@@ -193,8 +193,12 @@ def build_text_step(kind: str, shape, *, dtype: str = "float32", frozen: bool = 
   import jax
   import jax.numpy as jnp
 
-  from ptft_jax import defaults, optim, steps, tasks_text
-  from ptft_jax.models import build_model, heads_text
+  from ptft_jax import optim
+  from ptft_jax.config import defaults
+  from ptft_jax.models import build_model
+  from ptft_jax.models import heads as heads_text
+  from ptft_jax.tasks import text as tasks_text
+  from ptft_jax.train import steps
 
   batch = _token_batch(shape)
   special = _special_ids(shape)
@@ -228,9 +232,7 @@ def _compiled_step(model, task, optim_config, batch, optim, steps, jax, jnp, com
   params, model_state = jax.jit(lambda r: steps.init_variables(model, example, r))(
       jax.random.PRNGKey(0))
   tx, groups = optim.make_optimizer(params, optim_config, total_steps=1000)
-  frozen = {g.name for g in groups if g.frozen}
-  labels, _ = optim.assign_groups(params, optim_config)
-  trainable = jax.tree_util.tree_map(lambda lab: lab not in frozen, labels)
+  trainable = optim.trainable_mask(params, groups)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
            "opt_state": jax.jit(tx.init)(params), "rng": jax.random.PRNGKey(1)}
   step = jax.jit(steps.make_train_step(model, task, tx, trainable=trainable,
@@ -255,7 +257,7 @@ def _run_steps(workload: str, step, state, batch, opts: Options, *, examples: in
 
 def _text_workload(name: str, kind: str, *, dtype: str = "float32", frozen: bool = False):
   def run(opts: Options) -> dict:
-    from ptft_jax import flops
+    from ptft_jax.bench import flops
 
     shape = text_shape(opts.tiny)
     step, state, batch = build_text_step(kind, shape, dtype=dtype, frozen=frozen)
@@ -270,7 +272,8 @@ def _text_workload(name: str, kind: str, *, dtype: str = "float32", frozen: bool
 def _forward_flops(model, batch) -> int:
   import jax
 
-  from ptft_jax import flops, steps
+  from ptft_jax.bench import flops
+  from ptft_jax.train import steps
 
   params, model_state = jax.eval_shape(
       lambda: steps.init_variables(model, batch, jax.random.PRNGKey(0)))
@@ -284,7 +287,9 @@ def _generic_workload(name: str, make: Callable, unit: str):
     import jax
     import jax.numpy as jnp
 
-    from ptft_jax import defaults, optim, steps
+    from ptft_jax import optim
+    from ptft_jax.config import defaults
+    from ptft_jax.train import steps
 
     model, task, batch, tokens = make(opts.tiny)
     step, state, device_batch = _compiled_step(
@@ -314,9 +319,10 @@ def _resnet(tiny: bool):
 
 
 def _lstm(tiny: bool):
-  from ptft_jax import tasks_text
-  from ptft_jax.models import RnnBackbone, heads_text
+  from ptft_jax.models import RnnBackbone
+  from ptft_jax.models import heads as heads_text
   from ptft_jax.models.base import Model
+  from ptft_jax.tasks import text as tasks_text
 
   shape = text_shape(tiny)
   hidden = 16 if tiny else 512
@@ -348,8 +354,10 @@ def _input_digits(opts: Options) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from ptft_jax import data, defaults, optim, steps, tasks
+  from ptft_jax import data, optim, tasks
+  from ptft_jax.config import defaults
   from ptft_jax.models import build_model
+  from ptft_jax.train import steps
 
   config = defaults.base_config()
   config.model = {"name": "cnn", "channels": (32, 64), "dense_sizes": (128,)}
@@ -404,7 +412,7 @@ def _checkpoint(opts: Options) -> dict:
   """Async save of the bert_mlm train state: blocked time, total, restore (3 rounds, medians)."""
   import jax
 
-  from ptft_jax import checkpoint
+  from ptft_jax.train import checkpoint
 
   _, state, _ = build_text_step("mlm", text_shape(opts.tiny))
   blocked, total, restored = [], [], []

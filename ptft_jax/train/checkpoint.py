@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from ptft_jax.errors import CheckpointError
-from ptft_jax.optim import tree_paths
+from ptft_jax.utils import tree_paths
 
 CHECKPOINT_DIR = "checkpoints"
 COMMIT_FILE = "commit_success.txt"  # Orbax writes it last, before the atomic rename

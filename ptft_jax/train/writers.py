@@ -73,15 +73,3 @@ class Progress:
     rate = (step - self.first_step) / max(elapsed, 1e-9)
     eta = (self.total - step) / max(rate, 1e-9)
     return f"step {step}/{self.total}  {rate:.1f} steps/s  ETA {eta:.0f}s"
-
-
-def write_json(path: str, obj) -> None:
-  """Writes `obj` as JSON to `path` atomically: a crash leaves the old file or the new one."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)

@@ -28,8 +28,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from ptft_jax import checkpoint
 from ptft_jax.errors import ConfigError
+from ptft_jax.train import checkpoint
+from ptft_jax.utils import write_json_atomic
 
 BEST_DIR = "best"
 BEST_FILE = "best.json"
@@ -91,12 +92,8 @@ def from_config(config: ml_collections.ConfigDict) -> EarlyStopping | None:
 
 
 def _write_json(path: str, value):
-  if jax.process_index() != 0:
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:
+    write_json_atomic(path, value)
 
 
 class BestKeeper:
@@ -127,8 +124,9 @@ class BestKeeper:
       self._manager = checkpoint.make_manager(self.best_dir, max_to_keep=None, async_save=False)
     return self._manager
 
-  def observe(self, step: int, result: dict, best_state: Callable[[], dict]) -> bool:
-    """Records the validation `result` at `step`; returns True when the run should stop.
+  def record_and_save_best(self, step: int, result: dict, best_state: Callable[[], dict]) -> bool:
+    """Records the validation `result` at `step` (writes early_stopping.json, and on a new
+    best the best checkpoint and best.json); returns True when the run should stop.
 
     `best_state()` gives `{"params", "model_state"}` to save if this is a new best.
     """

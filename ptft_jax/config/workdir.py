@@ -1,4 +1,4 @@
-"""Config helpers: JSON round trip, the workdir's saved config, default fields."""
+"""The workdir's saved config: `<workdir>/config.json` written, compared on resume, moved aside."""
 
 import difflib
 import json
@@ -11,6 +11,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from ptft_jax.errors import ConfigError
+from ptft_jax.utils import write_json_atomic
 
 CONFIG_FILE = "config.json"
 
@@ -42,7 +43,7 @@ def workdir_config_changes(config: ml_collections.ConfigDict, workdir: str) -> l
   (a run that failed before its first save left nothing to protect). Keys in
   `config.resumable_keys` may change.
   """
-  from ptft_jax import checkpoint  # late: keeps this module light
+  from ptft_jax.train import checkpoint  # late: keeps this module light
 
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path) or not checkpoint.complete_steps(workdir):
@@ -58,7 +59,7 @@ def workdir_config_changes(config: ml_collections.ConfigDict, workdir: str) -> l
   return [c for c in _diff(old, new) if c.split(":")[0] not in allowed]
 
 
-def move_aside(workdir: str) -> str:
+def move_workdir_aside(workdir: str) -> str:
   """Renames `workdir` to `<workdir>.old-<timestamp>` (never deletes); returns the new path."""
   stamp = time.strftime("%Y%m%d-%H%M%S")
   target = f"{workdir.rstrip(os.sep)}.old-{stamp}"
@@ -73,14 +74,14 @@ def move_aside(workdir: str) -> str:
   return target
 
 
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
-                         overwrite: bool = False) -> str | None:
+def write_or_check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
+                                  overwrite: bool = False) -> str | None:
   """Writes `<workdir>/config.json`, or checks it equals the run already there.
 
   Resuming needs the same config; a different one would silently mix two
   experiments in one workdir, so it is an error (keys that may change on resume,
   like `train.steps`, are listed in `config.resumable_keys`) -- unless
-  `overwrite`, which moves the old run aside (see `move_aside`) and returns where.
+  `overwrite`, which moves the old run aside (see `move_workdir_aside`) and returns where.
   """
   moved = None
   changes = workdir_config_changes(config, workdir)
@@ -89,14 +90,11 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
         f"workdir {workdir} holds a run with a different config ({'; '.join(changes[:5])}); "
         "use a new --workdir, or pass --overwrite to move the old run aside")
   if changes:
-    moved = move_aside(workdir)
+    moved = move_workdir_aside(workdir)
   path = os.path.join(workdir, CONFIG_FILE)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(to_dict(config), f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_json_atomic(path, to_dict(config), sort_keys=True)
   return moved
 
 

@@ -10,7 +10,7 @@ train step serves pretraining and fine-tuning alike:
 
 and two attributes: `head_name` (the head it trains) and `uses_labels` (False
 for pretraining tasks: their batches are stripped of labels before the model
-sees them). New tasks register a builder in `BUILDERS`.
+sees them). New tasks add a builder to their module's `BUILDERS` (collected in tasks/__init__.py).
 """
 
 import dataclasses
@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ptft_jax import augment, losses, metrics
 from ptft_jax.errors import ConfigError
 from ptft_jax.models import heads as heads_lib
+from ptft_jax.tasks import augment, losses, metrics
 
 Batch = dict[str, jax.Array]
 
@@ -189,20 +189,9 @@ def _contrastive(tc, info):
   return task, head
 
 
-# name -> builder(config.task, dataset info) -> (task, head module or {name: head})
+# name -> builder(config.task, dataset info) -> (task, head module); see tasks/__init__.py.
 BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Any], tuple[Any, nn.Module]]] = {
     "classification": _classification,
     "autoencoder": _autoencoder,
     "contrastive": _contrastive,
 }
-
-
-def build_task(config: ml_collections.ConfigDict, info: Any) -> tuple[Any, dict[str, nn.Module]]:
-  """Returns (task, {head name: head}) for `config.task` and the dataset's `info`."""
-  name = config.task.name
-  if name not in BUILDERS:
-    raise ConfigError(f"config.task.name: unknown task {name!r}; choose one of {sorted(BUILDERS)}")
-  task, head = BUILDERS[name](config.task, info)
-  # A builder returns one head (stored under task.head_name) or a dict of them
-  # (multi-head tasks such as masked LM + next-sentence prediction).
-  return task, (dict(head) if isinstance(head, dict) else {task.head_name: head})

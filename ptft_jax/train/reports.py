@@ -1,0 +1,142 @@
+r"""What a staged run reports: the summary table, validation curves, the strategy comparison.
+
+* `write_summary_json` / `format_summary`: each classification stage's test
+  accuracy and macro-F1 (`<workdir>/summary.json`).
+* `write_validation_curves_png`: validation accuracy against step, one line per stage.
+* `write_strategy_report`: reads each stage's `eval_test.json` and
+  `param_groups.json` (written by every run) and writes `<workdir>/strategies.json`,
+  `strategies.md` (a table) and `strategies.png` (accuracy against trainable
+  parameters, log scale). `configs/strategies.py` asks for it (`config.report`); by hand:
+
+  python -m ptft_jax.compare runs/strategies [stage ...]
+"""
+
+import json
+import os
+import sys
+
+from ptft_jax.errors import UserError
+from ptft_jax.utils import write_json_atomic, write_text_atomic
+
+
+def collect(workdir: str, stages: list[str]) -> list[dict]:
+  """[{stage, trainable, total, test_accuracy, test_macro_f1}] for stages that have results."""
+  rows = []
+  for name in stages:
+    stage_dir = os.path.join(workdir, name)
+    try:
+      with open(os.path.join(stage_dir, "eval_test.json")) as f:
+        result = json.load(f)
+      with open(os.path.join(stage_dir, "param_groups.json")) as f:
+        params = json.load(f)
+    except FileNotFoundError:
+      continue
+    if "accuracy" not in result:
+      continue
+    rows.append({"stage": name, "trainable": params["trainable"], "total": params["total"],
+                 "test_accuracy": result["accuracy"], "test_macro_f1": result.get("macro_f1"),
+                 "step": result.get("step")})
+  return rows
+
+
+def format_table(rows: list[dict]) -> str:
+  lines = ["| stage | trainable params | share | test accuracy | test macro-F1 |",
+           "|---|---:|---:|---:|---:|"]
+  for r in rows:
+    f1 = f"{r['test_macro_f1']:.4f}" if r["test_macro_f1"] is not None else "-"
+    share = 100 * r["trainable"] / r["total"]
+    lines.append(f"| {r['stage']} | {r['trainable']:,} | {share:.3g}% | "
+                 f"{r['test_accuracy']:.4f} | {f1} |")
+  return "\n".join(lines)
+
+
+def write_strategy_png(rows: list[dict], out_path: str):
+  """Test accuracy against trainable parameters (log scale), one marker per stage."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from matplotlib.ticker import NullFormatter
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  markers = "osD^vP*X"
+  for i, r in enumerate(rows):  # a legend, not labels: strategies often share an x
+    ax.scatter(max(r["trainable"], 1), r["test_accuracy"], s=50, marker=markers[i % 8],
+               label=f"{r['stage']} ({r['test_accuracy']:.3f})", alpha=0.8)
+  ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(NullFormatter())
+  ax.legend(fontsize=8, loc="best")
+  ax.set_xlabel("trainable parameters")
+  ax.set_ylabel("test accuracy")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)
+
+
+def write_strategy_report(workdir: str, stages: list[str]) -> str:
+  """Writes strategies.{json,md,png} into `workdir`; returns the table."""
+  rows = collect(workdir, stages)
+  if not rows:
+    raise UserError(f"no stage in {workdir} has eval_test.json and param_groups.json")
+  table = format_table(rows)
+  write_json_atomic(os.path.join(workdir, "strategies.json"), rows)
+  write_text_atomic(os.path.join(workdir, "strategies.md"), table + "\n")
+  write_strategy_png(rows, os.path.join(workdir, "strategies.png"))
+  return table
+
+
+def main(argv: list[str]) -> int:
+  """`python -m ptft_jax.compare RUN [stage ...]`; returns the exit status."""
+  if len(argv) < 2:
+    print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+    return 2
+  workdir = argv[1]
+  stages = argv[2:] or sorted(
+      d for d in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, d, "eval_test.json")))
+  try:
+    print(write_strategy_report(workdir, stages))
+  except (UserError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def summarize_stages(results: dict[str, dict]) -> dict:
+  """{stage: {test_accuracy, test_macro_f1}} for the stages that report test accuracy."""
+  return {name: {"test_accuracy": r["test"]["accuracy"], "test_macro_f1": r["test"]["macro_f1"]}
+          for name, r in results.items() if "test" in r and "accuracy" in r["test"]}
+
+
+def format_summary(summary: dict) -> str:
+  lines = [f"{'stage':<12} {'test accuracy':>14} {'test macro-F1':>14}"]
+  for name, r in summary.items():
+    lines.append(f"{name:<12} {r['test_accuracy']:>14.4f} {r['test_macro_f1']:>14.4f}")
+  return "\n".join(lines)
+
+
+def read_metrics(workdir: str, split: str = "validation") -> list[dict]:
+  """The records of `<workdir>/metrics.jsonl` for `split`, in order."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    return [r for r in map(json.loads, f) if r.get("split") == split]
+
+
+def write_validation_curves_png(workdir: str, stages: list[str], out_path: str, key="accuracy"):
+  """Validation `key` against step for each stage, one line each, to a PNG."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name in stages:
+    records = [r for r in read_metrics(os.path.join(workdir, name)) if key in r]
+    ax.plot([r["step"] for r in records], [r[key] for r in records], marker="o", label=name)
+  ax.set_xlabel("step")
+  ax.set_ylabel(f"validation {key}")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)

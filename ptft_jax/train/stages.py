@@ -1,0 +1,89 @@
+"""A config's stages, run in order: pretrain -> fine-tune (and the comparisons beside it).
+
+A config with `config.stages` is a small pipeline: each stage is a config of
+its own, run by `loop.train_and_evaluate` in `<workdir>/<stage>`. A stage's
+`init.pretrained_workdir` of the form "@name" (or "@name/best") points at the
+workdir of the earlier stage `name`. A stage `{"import_hf_bert": DIR}` trains
+nothing: it converts the Hugging Face BERT in DIR into its workdir (once).
+"""
+
+import os
+
+import jax
+import ml_collections
+
+from ptft_jax.config.workdir import move_workdir_aside, to_dict, workdir_config_changes
+from ptft_jax.errors import ConfigError
+from ptft_jax.train import reports
+from ptft_jax.train.loop import say, train_and_evaluate
+from ptft_jax.utils import write_json_atomic
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False) -> dict:
+  """Runs `config` in `workdir`: every stage of `config.stages` in order, or the config itself.
+
+  Stages run in `config.stage_order` (ConfigDict sorts its keys). With stages,
+  writes `<workdir>/summary.json` with each classification stage's test accuracy
+  and macro-F1, and `<workdir>/validation_curves.png`. Every stage's config is
+  checked against the run already in `workdir` before any trains; with
+  `overwrite` a different run is moved aside as a whole (`<workdir>.old-<timestamp>`).
+  Returns the stage's final metrics, or {"stages": {name: metrics}, "summary": ...}.
+  """
+  if "stages" not in config:
+    return train_and_evaluate(config, workdir, overwrite=overwrite)
+  order = list(config.get("stage_order", ())) or list(config.stages)
+  stages = {name: _stage_config(config, name, workdir) for name in order}
+  changes = [f"stage {name}: {c}" for name, stage in stages.items() if "import_hf_bert" not in stage
+             for c in workdir_config_changes(stage, os.path.join(workdir, name))]
+  if changes and not overwrite:
+    raise ConfigError(
+        f"workdir {workdir} holds a run with a different config ({'; '.join(changes[:5])}); "
+        "use a new --workdir, or pass --overwrite to move the old run aside")
+  if changes:
+    say(f"--overwrite: moved the earlier run in {workdir} to {move_workdir_aside(workdir)}")
+  os.makedirs(workdir, exist_ok=True)
+  results = {}
+  for name, stage in stages.items():
+    if "import_hf_bert" in stage:
+      _import_stage(stage.import_hf_bert, os.path.join(workdir, name))
+      continue
+    say(f"=== stage {name} ===")
+    results[name] = train_and_evaluate(stage, os.path.join(workdir, name))
+  summary = reports.summarize_stages(results)
+  if jax.process_index() == 0:
+    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    say(reports.format_summary(summary))
+    reports.write_validation_curves_png(workdir, list(summary),
+                                        os.path.join(workdir, "validation_curves.png"))
+    if config.get("report") == "trainable_params":  # configs/strategies.py
+      say(reports.write_strategy_report(workdir, list(summary)))
+  return {"stages": results, "summary": summary}
+
+
+def _stage_config(config: ml_collections.ConfigDict, name: str,
+                  workdir: str) -> ml_collections.ConfigDict:
+  """Stage `name` as a config of its own, with "@stage" references made paths."""
+  if name not in config.stages:
+    raise ConfigError(f"config.stage_order: no stage named {name!r} in config.stages")
+  stage = ml_collections.ConfigDict(to_dict(config.stages[name]))
+  if "import_hf_bert" in stage:
+    return stage
+  ref = stage.init.pretrained_workdir
+  if ref.startswith("@"):  # "@name", or "@name/best" for that stage's best checkpoint
+    if ref[1:].split("/")[0] not in config.stages:
+      raise ConfigError(
+          f"config.stages.{name}.init.pretrained_workdir: no stage named {ref[1:]!r}")
+    stage.init.pretrained_workdir = os.path.join(workdir, ref[1:])
+  return stage
+
+
+def _import_stage(src: str, stage_dir: str):
+  """Converts HF BERT weights into `stage_dir`, unless an earlier run already did."""
+  from ptft_jax.convert import workdir as convert_workdir  # late: keeps `import` light
+
+  if os.path.isfile(os.path.join(stage_dir, "model_config.json")):
+    say(f"imported weights already in {stage_dir}")
+    return
+  config, heads = convert_workdir.import_hf_bert(src, stage_dir)
+  say(f"imported {src} ({config.num_layers} layers, hidden {config.hidden_size}, "
+      f"heads {heads or '-'}) -> {stage_dir}")
