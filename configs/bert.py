@@ -26,8 +26,7 @@ import math
 
 import ml_collections
 
-from ptft_jax.config.args import parse_arg
-from ptft_jax.config.defaults import base_config
+from configs import common
 from ptft_jax.data import text
 
 # layers, hidden, heads, seq_len, vocab_size (trained vocab), batch, steps, lr
@@ -55,11 +54,11 @@ def model_config(variant: str, vocab_size: int) -> ml_collections.ConfigDict:
 def get_config(arg: str = "mini"):
   variant = next((a for a in (arg or "").split(",") if a in VARIANTS), "mini")
   rest = ",".join(a for a in (arg or "").split(",") if a not in VARIANTS)
-  args = parse_arg(rest, dataset="", data_dir="", vocab="", corpus="", nsp=True, steps=0,
+  args = common.parse_arg(rest, dataset="", data_dir="", vocab="", corpus="", nsp=True, steps=0,
                    lr=0.0, seed=0)
   v = VARIANTS[variant]
 
-  c = base_config()
+  c = common.base_config()
   c.seed = args["seed"]
   c.data = text.pretraining_config(
       format="sentence_pairs", seq_len=v["seq_len"], batch_size=v["batch_size"],

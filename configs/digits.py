@@ -7,11 +7,11 @@ Variants (`--config=configs/digits.py:VARIANT`): mlp (default), cnn.
 Expected (measured on the 2-core CPU): see README, "Configs".
 """
 
-from ptft_jax.config.defaults import base_config
+from configs import common
 
 
 def get_config(arg: str = "mlp"):
-  c = base_config()
+  c = common.base_config()
   if arg == "cnn":
     c.model.name = "cnn"
     del c.model["hidden_sizes"]

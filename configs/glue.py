@@ -27,14 +27,12 @@ Other arguments: steps=N, lr=X (default 5e-5 with init, 3e-4 from scratch),
 batch=N, seq_len=N, pooling=cls|mean, fraction=F (stratified label fraction), seed=N.
 """
 
-import importlib.util
 import json
 import os
 
 import ml_collections
 
-from ptft_jax.config.args import parse_arg
-from ptft_jax.config.defaults import base_config
+from configs import bert, common
 from ptft_jax.data import text
 
 # task -> (TFDS name, regression?, default train steps, split evaluated as "validation")
@@ -48,14 +46,6 @@ TFDS_TASKS = {
     "stsb": ("glue/stsb", True, 550, "validation"),
     "imdb": ("imdb_reviews", False, 2400, "test"),
 }
-
-
-def _bert_config():
-  spec = importlib.util.spec_from_file_location(
-      "ptft_bert_config", os.path.join(os.path.dirname(__file__), "bert.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def pretrained_settings(workdir: str) -> tuple[dict, dict]:
@@ -84,11 +74,12 @@ def pretrained_settings(workdir: str) -> tuple[dict, dict]:
 
 
 def get_config(arg: str = "task=sst2"):
-  args = parse_arg(arg, task="sst2", init="", model="mini", data_dir="", train="", validation="",
-                   test="", regression=False, steps=0, lr=0.0, batch=32, seq_len=128,
-                   pooling="cls", fraction=1.0, seed=0)
+  args = common.parse_arg(
+      arg, task="sst2", init="", model="mini", data_dir="", train="", validation="", test="",
+      regression=False, steps=0, lr=0.0, batch=32, seq_len=128, pooling="cls", fraction=1.0,
+      seed=0)
   task = args["task"]
-  c = base_config()
+  c = common.base_config()
   c.seed = args["seed"]
 
   d = text.default_config()
@@ -120,7 +111,6 @@ def get_config(arg: str = "task=sst2"):
     d.tokenizer = ml_collections.ConfigDict(tokenizer)
     c.init.pretrained_workdir = args["init"]
   else:
-    bert = _bert_config()
     c.model = bert.model_config(args["model"], bert.VARIANTS[args["model"]]["vocab_size"])
     d.tokenizer.vocab_size = bert.VARIANTS[args["model"]]["vocab_size"]
   c.data = d

@@ -15,8 +15,7 @@ Arguments (`configs/gpt.py:VARIANT,key=value,...`):
 
 import ml_collections
 
-from ptft_jax.config.args import parse_arg
-from ptft_jax.config.defaults import base_config
+from configs import common
 from ptft_jax.data import text
 
 VARIANTS = {
@@ -30,10 +29,11 @@ VARIANTS = {
 def get_config(arg: str = "tiny"):
   variant = next((a for a in (arg or "").split(",") if a in VARIANTS), "tiny")
   rest = ",".join(a for a in (arg or "").split(",") if a not in VARIANTS)
-  args = parse_arg(rest, dataset="", data_dir="", vocab="", corpus="", steps=0, lr=0.0, seed=0)
+  args = common.parse_arg(rest, dataset="", data_dir="", vocab="", corpus="", steps=0, lr=0.0,
+                          seed=0)
   v = VARIANTS[variant]
 
-  c = base_config()
+  c = common.base_config()
   c.seed = args["seed"]
   c.data = text.pretraining_config(
       format="packed", seq_len=v["seq_len"], batch_size=v["batch_size"],

@@ -24,22 +24,21 @@ import os
 
 import ml_collections
 
-from ptft_jax.config.args import parse_arg
-from ptft_jax.config.defaults import base_config
+from configs import common
 from ptft_jax.convert.hf_bert import config_from_hf
 from ptft_jax.convert.minilm import minilm_dir
 from ptft_jax.data import text
 
 
 def get_config(arg: str = ""):
-  args = parse_arg(arg, tiny=False, steps=60, seed=0)
+  args = common.parse_arg(arg, tiny=False, steps=60, seed=0)
   steps = 4 if args["tiny"] else args["steps"]
   src = minilm_dir()
   with open(os.path.join(src, "config.json")) as f:
     model = dataclasses.asdict(config_from_hf(json.load(f)))
 
   def finetune(pretrained_workdir: str, lr: float) -> ml_collections.ConfigDict:
-    c = base_config()
+    c = common.base_config()
     c.seed = args["seed"]
     c.data = text.default_config()
     c.data.source, c.data.dataset, c.data.format = "jsonl", "sentiment", "labeled"
@@ -64,10 +63,5 @@ def get_config(arg: str = ""):
     c.init.pretrained_workdir = pretrained_workdir
     return c
 
-  config = ml_collections.ConfigDict()
-  config.stages = ml_collections.ConfigDict()
-  config.stages.minilm = ml_collections.ConfigDict({"import_hf_bert": src})
-  config.stages.pretrained = finetune("@minilm", lr=5e-5)
-  config.stages.scratch = finetune("", lr=2e-4)
-  config.stage_order = ("minilm", "pretrained", "scratch")
-  return config
+  return common.staged(minilm=ml_collections.ConfigDict({"import_hf_bert": src}),
+                       pretrained=finetune("@minilm", lr=5e-5), scratch=finetune("", lr=2e-4))

@@ -20,12 +20,11 @@ Arguments (`configs/mnist_mlp.py:tiny,label_fraction=0.1`):
 
 import ml_collections
 
-from ptft_jax.config.args import parse_arg
-from ptft_jax.config.defaults import base_config
+from configs import common
 
 
 def _common(args: dict) -> ml_collections.ConfigDict:
-  c = base_config()
+  c = common.base_config()
   c.seed = args["seed"]
   c.data.dataset = args["dataset"]
   if args["dataset"] in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
@@ -44,7 +43,7 @@ def _common(args: dict) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = ""):
-  args = parse_arg(arg, dataset="mnist", label_fraction=1.0, tiny=False, seed=0)
+  args = common.parse_arg(arg, dataset="mnist", label_fraction=1.0, tiny=False, seed=0)
   steps = lambda n: 4 if args["tiny"] else n
 
   pretrain = _common(args)
@@ -62,7 +61,5 @@ def get_config(arg: str = ""):
   finetune.train.eval_every = steps(500)
   finetune.init.pretrained_workdir = "@pretrain"
 
-  config = ml_collections.ConfigDict()
-  config.stages = ml_collections.ConfigDict({"pretrain": pretrain, "finetune": finetune})
-  config.stage_order = ("pretrain", "finetune")
+  config = common.staged(pretrain=pretrain, finetune=finetune)
   return config

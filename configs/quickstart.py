@@ -17,12 +17,11 @@ Arguments (`configs/quickstart.py:pretrain=autoencoder,tiny`):
 
 import ml_collections
 
-from ptft_jax.config.args import parse_arg
-from ptft_jax.config.defaults import base_config
+from configs import common
 
 
 def _common(seed: int) -> ml_collections.ConfigDict:
-  c = base_config()
+  c = common.base_config()
   c.seed = seed
   # A small CNN: 3x3 convs share weights across positions, which suits 8x8 digits
   # and the shift augmentation of contrastive pretraining.
@@ -35,7 +34,7 @@ def _common(seed: int) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = ""):
-  args = parse_arg(arg, pretrain="contrastive", tiny=False, seed=0)
+  args = common.parse_arg(arg, pretrain="contrastive", tiny=False, seed=0)
   steps = lambda n: 4 if args["tiny"] else n
 
   pretrain = _common(args["seed"])
@@ -67,10 +66,5 @@ def get_config(arg: str = ""):
     c.init.pretrained_workdir = pretrained_workdir
     return c
 
-  config = ml_collections.ConfigDict()
-  config.stages = ml_collections.ConfigDict()
-  config.stages.pretrain = pretrain
-  config.stages.pretrained = finetune("@pretrain")
-  config.stages.scratch = finetune("")
-  config.stage_order = ("pretrain", "pretrained", "scratch")
-  return config
+  return common.staged(pretrain=pretrain, pretrained=finetune("@pretrain"),
+                       scratch=finetune(""))

@@ -34,8 +34,7 @@ trainable -> batch statistics. Set "frozen" or "train" to force one behaviour.
 
 import ml_collections
 
-from ptft_jax.config.args import parse_arg
-from ptft_jax.config.defaults import base_config
+from configs import common
 
 VARIANTS = ("recipe", "simclr", "linear", "finetune")
 SIMCLR_AUGMENT = dict(crop_scale=0.08, flip=True, color=0.5, color_prob=0.8, grayscale=0.2)
@@ -44,7 +43,7 @@ FINETUNE_AUGMENT = dict(flip=True, max_shift=4)
 
 def _common(args: dict) -> ml_collections.ConfigDict:
   tiny = args["tiny"]
-  c = base_config()
+  c = common.base_config()
   c.seed = args["seed"]
   c.data.dataset = args["dataset"]
   if args["dataset"] in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
@@ -116,7 +115,7 @@ def finetune(args: dict, pretrained: str) -> ml_collections.ConfigDict:
 def get_config(arg: str = ""):
   parts = [p for p in (arg or "").split(",") if p]
   variant = parts.pop(0) if parts and parts[0] in VARIANTS else "recipe"
-  args = parse_arg(",".join(parts), depth=0, width=0, dataset="cifar10", imagenet_stem=False,
+  args = common.parse_arg(",".join(parts), depth=0, width=0, dataset="cifar10", imagenet_stem=False,
                    tune_bn=False, label_fraction=1.0, pretrained="", tiny=False, seed=0)
   if args["depth"] not in (0, 18, 34, 50, 101, 152):
     raise ValueError(f"depth={args['depth']}: choose 18, 34, 50, 101 or 152")
@@ -126,9 +125,5 @@ def get_config(arg: str = ""):
     return linear(args, args["pretrained"])
   if variant == "finetune":
     return finetune(args, args["pretrained"])
-  config = ml_collections.ConfigDict()
-  config.stages = ml_collections.ConfigDict({
-      "pretrain": simclr(args), "linear": linear(args, "@pretrain"),
-      "finetune": finetune(args, "@pretrain")})
-  config.stage_order = ("pretrain", "linear", "finetune")
-  return config
+  return common.staged(pretrain=simclr(args), linear=linear(args, "@pretrain"),
+                       finetune=finetune(args, "@pretrain"))

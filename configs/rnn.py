@@ -33,8 +33,7 @@ Arguments:
 
 import ml_collections
 
-from ptft_jax.config.args import parse_arg
-from ptft_jax.config.defaults import base_config
+from configs import common
 from ptft_jax.data import text
 
 VOCAB_SIZE = 4096
@@ -67,7 +66,7 @@ def _data(args: dict, fmt: str) -> ml_collections.ConfigDict:
 
 def _stage(args: dict, fmt: str, bidirectional: bool) -> ml_collections.ConfigDict:
   tiny = args["tiny"]
-  c = base_config()
+  c = common.base_config()
   c.seed = args["seed"]
   c.data = _data(args, fmt)
   vocab_size = text.vocab_file_size(args["vocab"]) if args["vocab"] else VOCAB_SIZE
@@ -83,7 +82,7 @@ def _stage(args: dict, fmt: str, bidirectional: bool) -> ml_collections.ConfigDi
 
 
 def get_config(arg: str = ""):
-  args = parse_arg(arg, cell="lstm", bidirectional=False, dataset="", data_dir="", vocab="",
+  args = common.parse_arg(arg, cell="lstm", bidirectional=False, dataset="", data_dir="", vocab="",
                    label_fraction=1.0, tiny=False, seed=0)
   if args["cell"] not in ("lstm", "gru"):
     raise ValueError(f"cell={args['cell']!r}: choose lstm or gru")
@@ -107,7 +106,5 @@ def get_config(arg: str = ""):
   if args["bidirectional"]:  # layer 1 reads both directions: its input size changed
     finetune.init.load = ["backbone/embed/.*", "backbone/layer_0_forward/.*"]
 
-  config = ml_collections.ConfigDict()
-  config.stages = ml_collections.ConfigDict({"pretrain": pretrain, "finetune": finetune})
-  config.stage_order = ("pretrain", "finetune")
+  config = common.staged(pretrain=pretrain, finetune=finetune)
   return config

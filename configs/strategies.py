@@ -17,12 +17,11 @@ Arguments (`configs/strategies.py:tiny,pretrained=runs/quickstart/pretrain`):
   seed=N          the seed of every stage
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-from ptft_jax.config.args import parse_arg
+from configs import common, minilm_text, quickstart
 
 # stage name -> (strategy settings, lora rank, lr multiplier on the recipe's lr)
 VARIANTS = {
@@ -41,18 +40,9 @@ TEXT_VARIANTS = {
 }
 
 
-def _sibling(name: str):
-  """Loads configs/<name>.py (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"ptft_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _variant(base: ml_collections.ConfigDict, strategy: dict, rank: int, lr_mult: float,
              pretrained: str, targets: str) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(base.to_dict())
+  c = common.copy(base)
   c.optim.strategy.update(strategy)
   c.optim.lr = base.optim.lr * lr_mult
   c.lora.rank, c.lora.targets = rank, targets
@@ -63,32 +53,25 @@ def _variant(base: ml_collections.ConfigDict, strategy: dict, rank: int, lr_mult
 
 
 def get_config(arg: str = ""):
-  args = parse_arg(arg, pretrained="", text=False, tiny=False, seed=0)
-  config = ml_collections.ConfigDict()
-  config.stages = ml_collections.ConfigDict()
-  order = []
+  args = common.parse_arg(arg, pretrained="", text=False, tiny=False, seed=0)
+  stages = {}
   if args["text"]:
-    source = _sibling("minilm_text").get_config(
-        ",".join(filter(None, ["tiny" if args["tiny"] else "", f"seed={args['seed']}"])))
-    config.stages.minilm = source.stages.minilm
+    source = minilm_text.get_config(common.tiny_arg(args))
+    stages["minilm"] = source.stages.minilm
     base, ref, variants = source.stages.pretrained, "@minilm", TEXT_VARIANTS
     targets = r"backbone/layer_\d+/(attention/(query|key|value|out)|mlp/\w+)/kernel"
-    order.append("minilm")
   else:
-    source = _sibling("quickstart").get_config(
-        ",".join(filter(None, ["tiny" if args["tiny"] else "", f"seed={args['seed']}"])))
+    source = quickstart.get_config(common.tiny_arg(args))
     base, ref, variants = source.stages.pretrained, "@pretrain", VARIANTS
     targets = r"backbone/.*/kernel"
     if not args["pretrained"]:
-      config.stages.pretrain = source.stages.pretrain
-      order.append("pretrain")
+      stages["pretrain"] = source.stages.pretrain
   if args["pretrained"]:
     ref = os.path.abspath(args["pretrained"])
   for name, (strategy, rank, lr_mult) in variants.items():
-    config.stages[name] = _variant(base, strategy, rank, lr_mult, ref, targets)
+    stages[name] = _variant(base, strategy, rank, lr_mult, ref, targets)
     if args["tiny"]:
-      config.stages[name].optim.strategy.unfreeze_every = 2
-    order.append(name)
-  config.stage_order = tuple(order)
+      stages[name].optim.strategy.unfreeze_every = 2
+  config = common.staged(**stages)
   config.report = "trainable_params"
   return config

@@ -81,3 +81,10 @@ def test_summary_checks_each_target():
       "input_digits_headroom": True, "input_text_headroom": False,
       "checkpoint_blocked_fraction_of_step": True}
   assert t["bert_mlm_vs_peer"]["value"] == 4.0 and t["bf16_speedup"]["value"] == 1.25
+
+
+def test_missing_peer_python_names_the_setup_script(tmp_path):
+  records = bench.run_peer(str(tmp_path / "no-such-python"), bench.Options(tiny=True))
+  assert len(records) == 1 and records[0]["workload"] == "peer"
+  assert "launch/setup_torch_peer.sh" in records[0]["error"]
+  assert bench.DEFAULT_PEER_PYTHON.endswith(".venv-torch/bin/python")

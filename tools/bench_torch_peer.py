@@ -1,10 +1,9 @@
 r"""The PyTorch peer of `python -m ptft_jax.bench`: HF BERT train steps of the same shapes.
 
-  /work/torchenv/bin/python tools/bench_torch_peer.py [--workload peer_bert_mlm ...]
+  .venv-torch/bin/python tools/bench_torch_peer.py [--workload peer_bert_mlm ...]
 
-Needs torch and transformers (a separate venv; torch is not a ptft_jax
-requirement): `python3 -m venv /work/torchenv && /work/torchenv/bin/pip install
-torch==2.13.0 transformers`. Prints one JSON line per workload with the keys of
+Needs torch and transformers in a separate venv (torch is not a ptft_jax
+requirement): `bash launch/setup_torch_peer.sh` makes `.venv-torch/` in the repository. Prints one JSON line per workload with the keys of
 ptft_jax.bench.benchmark's records:
 
   peer_bert_mlm  BertForMaskedLM, 6 layers, hidden 384, 12 heads, ffn 1536, vocab

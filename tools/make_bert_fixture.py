@@ -2,9 +2,8 @@
 
 Run with a separate torch venv (torch is not a ptft_jax requirement):
 
-  python3 -m venv /work/torchenv
-  /work/torchenv/bin/pip install torch==2.13.0 transformers numpy safetensors
-  /work/torchenv/bin/python tools/make_bert_fixture.py \
+  bash launch/setup_torch_peer.sh            # .venv-torch/ in the repository, git-ignored
+  .venv-torch/bin/python tools/make_bert_fixture.py \
       --model-dir "$(.venv/bin/python -m ptft_jax.convert.minilm)"
 
 The .npz has no object arrays (np.load works with allow_pickle=False):

@@ -13,8 +13,9 @@ float32 and bfloat16), then one per workload with at least
 
 (null where a key does not apply), and last a `summary` with the targets of
 issue 9 and whether this run met them. `--peer` also runs the PyTorch peer
-(tools/bench_torch_peer.py, with `$PTFT_TORCH_PYTHON`, default
-/work/torchenv/bin/python; torch is not a ptft_jax requirement).
+(tools/bench_torch_peer.py) with the Python of `--peer-python` (or
+`$PTFT_TORCH_PYTHON`; default `.venv-torch/bin/python` in the repository, which
+`bash launch/setup_torch_peer.sh` creates; torch is not a ptft_jax requirement).
 
 Each workload runs in its own Python process (`--in-process` to disable), so
 `peak_memory_bytes` is that process's resident-set high-water mark
@@ -54,9 +55,10 @@ from collections.abc import Callable
 
 KEYS = ("workload", "step_s", "examples_per_s", "tokens_per_s", "model_flops_per_step",
         "flops_per_s", "peak_share", "peak_memory_bytes")
-PEER_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "tools", "bench_torch_peer.py")
-DEFAULT_PEER_PYTHON = "/work/torchenv/bin/python"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PEER_SCRIPT = os.path.join(REPO, "tools", "bench_torch_peer.py")
+# Made by launch/setup_torch_peer.sh, inside the repository (git-ignored).
+DEFAULT_PEER_PYTHON = os.path.join(REPO, ".venv-torch", "bin", "python")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -489,6 +491,9 @@ def _child(name: str, opts: Options, in_process: bool) -> dict:
 
 def run_peer(python: str, opts: Options) -> list[dict]:
   """Runs tools/bench_torch_peer.py with `python` (a venv with torch + transformers)."""
+  if not os.path.isfile(python):
+    return [_record("peer", error=f"--peer-python {python}: no such file; run "
+                                  "`bash launch/setup_torch_peer.sh` or pass --peer-python")]
   cmd = [python, PEER_SCRIPT, "--steps", str(opts.steps), "--warmup", str(opts.warmup)]
   proc = subprocess.run(cmd + (["--tiny"] if opts.tiny else []), capture_output=True,
                         text=True, check=False)
@@ -543,8 +548,10 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=5, help="timed steps per workload")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   parser.add_argument("--peer", action="store_true", help="also run the PyTorch peer")
-  parser.add_argument("--peer-python", default=os.environ.get("PTFT_TORCH_PYTHON",
-                                                              DEFAULT_PEER_PYTHON))
+  parser.add_argument(
+      "--peer-python", default=os.environ.get("PTFT_TORCH_PYTHON", DEFAULT_PEER_PYTHON),
+      help="the Python with torch + transformers for --peer (bash launch/setup_torch_peer.sh "
+           "makes .venv-torch/bin/python, the default)")
   parser.add_argument("--in-process", action="store_true",
                       help="run every workload in this process (peak memory then accumulates)")
   parser.add_argument("--tiny", action="store_true", help="toy shapes (smoke tests)")
