@@ -11,6 +11,11 @@ Arguments (`configs/gpt.py:VARIANT,key=value,...`):
   tiny | small         model size (default tiny); small is GPT-2 small's shape
   dataset=NAME         a prepared TFDS text corpus instead of the shipped one
   data_dir=DIR, vocab=PATH (a vocab.txt), corpus=PATH (local .txt), steps=N, lr=X, seed=N
+
+Expected (measured on this project's 2-core CPU, seed 0): `:tiny` (600 steps, 0.9M
+parameters) reaches validation perplexity 165 and next-token accuracy 0.199 (train
+perplexity 18: 200 KB of text overfits); look at <workdir>/eval_validation.json.
+Its wall time was not recorded. `small`: not measured on this machine.
 """
 
 import ml_collections

@@ -15,7 +15,10 @@ Then `<workdir>/summary.json` (test accuracy and macro-F1 of both) and
   python -m ptft_jax.main --config=configs/minilm_text.py --workdir=runs/minilm_text
 
 Arguments: tiny (a few steps, for tests), steps=N, seed=N.
-Measured results: docs/transformers.md.
+Expected (measured on this project's 2-core CPU, seed 0, 400 test reviews): test
+accuracy 0.975 (macro-F1 0.975) pretrained vs 0.795 scratch, in <workdir>/summary.json;
+the whole command took 8.3 CPU-minutes (45 min wall while the machine was loaded).
+Details: docs/text.md.
 """
 
 import dataclasses

@@ -11,6 +11,10 @@ $PTFT_DATA_DIR). MNIST has no validation split: the last 10% of train is held ou
 
   python -m ptft_jax.main --config=configs/mnist_mlp.py --workdir=runs/mnist_mlp
 
+Expected: not measured on this machine (MNIST is not prepared here). Look at
+<workdir>/finetune/eval_test.json (test accuracy, macro-F1). Offline, the tests run
+`configs/mnist_mlp.py:tiny,dataset=digits` (plumbing only: a few steps).
+
 Arguments (`configs/mnist_mlp.py:tiny,label_fraction=0.1`):
   dataset=NAME        any 28x28 (or other) TFDS image dataset (default mnist)
   label_fraction=F    fine-tune on this stratified fraction of the labels (default 1.0)

@@ -9,6 +9,11 @@ Then `<workdir>/summary.json` and `<workdir>/validation_curves.png`.
 
   python -m ptft_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 
+Expected (measured on this project's 2-core CPU, 270 test images): test accuracy
+0.932 ± 0.002 pretrained vs 0.916 ± 0.018 scratch over seeds 0, 1, 2 (seed 0: 0.933
+vs 0.904), in <workdir>/summary.json; the wall time was not recorded. README.md,
+"Quickstart result", has the per-seed numbers.
+
 Arguments (`configs/quickstart.py:pretrain=autoencoder,tiny`):
   pretrain=contrastive|autoencoder  the pretraining task (default contrastive)
   tiny                              a few steps per stage, for tests

@@ -15,6 +15,10 @@ Variants (`--config=configs/resnet.py:VARIANT,ARG=...`):
   python -m ptft_jax.main --config=configs/resnet.py:linear,pretrained=runs/r50/pretrain \
       --workdir=runs/r50_linear
 
+Expected: not measured on this machine (CIFAR-10 is not prepared here, and ResNet-50
+SimCLR is far beyond a 2-core CPU). Look at <workdir>/summary.json and each stage's
+eval_test.json. Offline, the tests run `configs/resnet.py:tiny,dataset=digits`.
+
 Arguments:
   depth=18|50       ResNet depth (default 50; 18 with tiny)
   width=N           first-stage channels (default 64; 4 with tiny)

@@ -19,6 +19,10 @@ Both stages share one tokenizer, trained on the shipped corpus unless `vocab=` i
   python -m ptft_jax.main --config=configs/rnn.py:cell=gru,dataset=imdb_reviews,vocab=V.txt \
       --workdir=runs/gru_imdb
 
+Expected: not measured on this machine. Look at <workdir>/finetune/eval_test.json
+(test accuracy) and <workdir>/pretrain/eval_validation.json (perplexity). The tests
+run `configs/rnn.py:tiny` offline (plumbing only: a few steps).
+
 Arguments:
   cell=lstm|gru     the recurrent cell (default lstm)
   bidirectional     the classifier reads both directions; it loads the embedding and

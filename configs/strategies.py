@@ -8,6 +8,12 @@ is tested on it. Then `<workdir>/summary.json`, `validation_curves.png` and
 
   python -m ptft_jax.main --config=configs/strategies.py --workdir=runs/strategies
 
+Expected (measured on this project's 2-core CPU, seed 0, 270 test digits): test
+accuracy linear_probe 0.944, partial 0.937, layer_decay 0.930, gradual 0.937,
+full 0.930, lora 0.926, in <workdir>/strategies.md; about 3.5 CPU-minutes (13 min
+wall while the machine was shared). `:text` was run here only at `:text,tiny`
+(plumbing, chance accuracy). Table: docs/fine_tuning.md.
+
 Arguments (`configs/strategies.py:tiny,pretrained=runs/quickstart/pretrain`):
   pretrained=DIR  reuse a finished pretraining run (e.g. the quickstart's) instead
                   of pretraining here

@@ -13,47 +13,19 @@ import jax
 import numpy as np
 import pytest
 
-from ptft_jax import base_config, tasks, train
+from ptft_jax import tasks, train
 from ptft_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from ptft_jax.train import checkpoint, loop, preemption, steps
 from ptft_jax.utils import write_json_atomic
+from tests.helpers import REPO, tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """The runs here re-jit the same few programs; XLA's persistent cache compiles each once."""
-  from jax.experimental.compilation_cache import compilation_cache
-
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-          "jax_persistent_cache_min_entry_size_bytes")
-  old = {k: getattr(jax.config, k) for k in keys}
-  for k, v in zip(keys, (str(tmp_path_factory.mktemp("xla_cache")), 0, 0), strict=True):
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("compile_cache")
 
 
-def small_config(**train_kw):
-  c = base_config()
-  c.model.hidden_sizes = (32,)
-  c.data.batch_size = 32
-  c.data.eval_batch_size = 64
-  c.optim.warmup_steps = 2
-  c.train.steps = 8
-  c.train.log_every = 4
-  c.train.eval_every = 4
-  c.train.checkpoint_every = 4
-  c.train.keep = 10
-  c.train.tensorboard = False
-  c.eval_splits = ("validation",)
-  for k, v in train_kw.items():
-    c.train[k] = v
-  return c
+def small_config(**train):
+  """8 steps, logged, evaluated and saved every 4, every checkpoint kept."""
+  return tiny_config(steps=8, every=4, train__keep=10, eval_splits=("validation",),
+                     **{f"train__{k}": v for k, v in train.items()})
 
 
 def _params(workdir, step=None):

@@ -1,8 +1,5 @@
 """LSTM / GRU backbones: shapes, masked padding, packed documents, the rnn config end to end."""
 
-import importlib.util
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -10,35 +7,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ptft_jax import train
 from ptft_jax.errors import ConfigError
 from ptft_jax.models import build_backbone, build_model
 from ptft_jax.models.heads import CausalLMHead, ClassifierHead, SequenceClassificationHead
 from ptft_jax.models.rnn import MaskedRnn, RnnBackbone
-from ptft_jax.train import checkpoint, reports
+from tests.helpers import count_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_prng_compile():
-  """Non-partitionable threefry: XLA:CPU compiles parameter init ~5x faster.
-
-  Only the random values differ; nothing here depends on them.
-  """
-  with jax.threefry_partitionable(False):
-    yield
-
-
-def load_config(arg: str) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location("rnn", os.path.join(REPO, "configs", "rnn.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+pytestmark = pytest.mark.usefixtures("fast_prng_compile")
 
 
 # Per layer (flax cells): LSTM 4 * (in * h) + 4 * (h * h + h); GRU 3 * (in * h + h) + 3 * h * h + h.
@@ -57,9 +32,9 @@ def test_shapes_and_parameter_counts(cell, bidirectional, layers):
   batch = {"input_ids": jnp.zeros((2, 7), jnp.int32), "attention_mask": jnp.ones((2, 7))}
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
   backbone = variables["params"]["backbone"]
-  assert count(backbone["embed"]) == 4096 * 256
+  assert count_params(backbone["embed"]) == 4096 * 256
   for i, size in enumerate(layers):
-    assert count({k: v for k, v in backbone.items() if k.startswith(f"layer_{i}_")}) == size
+    assert count_params({k: v for k, v in backbone.items() if k.startswith(f"layer_{i}_")}) == size
   out = jax.eval_shape(lambda v: model.apply(v, batch, train=False), variables)
   width = 512 if bidirectional else 256
   assert out["features"]["sequence"].shape == (2, 7, width)
@@ -155,43 +130,3 @@ def test_packed_documents_do_not_see_each_other():
   np.testing.assert_allclose(seq[:, 3:5], seq_b, rtol=1e-5, atol=1e-7)
 
 
-def test_bidirectional_finetune_loads_what_fits_from_the_lm(tmp_path):
-  """Transfer patterns of `bidirectional`: the embedding and the first forward layer."""
-  config = load_config("cell=gru,bidirectional,tiny")
-  pre, fine = config.stages.pretrain, config.stages.finetune
-  assert fine.model.bidirectional and not pre.model.bidirectional
-  batch = {"input_ids": jnp.zeros((2, 5), jnp.int32)}
-
-  def zeros(model_config, heads):
-    model = build_model(model_config, heads)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
-    variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    return {"params": variables["params"], "model_state": {}}
-
-  source = zeros(pre.model, {"lm": CausalLMHead()})
-  target = zeros(fine.model, {"classifier": SequenceClassificationHead(num_classes=2)})
-  _, report = checkpoint.transfer(target, source, load=tuple(fine.init.load),
-                                  skip=tuple(fine.init.skip))
-  loaded = {p.split("/")[2] for p in report["loaded"]}
-  assert loaded == {"embed", "layer_0_forward"}
-  assert "params/backbone/layer_1_forward/cell/ir/kernel" in report["ignored"]
-
-
-def test_lstm_config_pretrains_an_lm_and_fine_tunes_a_classifier_offline(tmp_path):
-  config = load_config("tiny")
-  for stage in config.stages.values():
-    stage.train.tensorboard = False
-  config.stages.pretrain.train.eval_every = 0  # train metrics only: one compile less
-  config.stages.pretrain.eval_splits = ()
-  result = train.run(config, str(tmp_path))
-  lm = reports.read_metrics(str(tmp_path / "pretrain"), split="train")
-  assert [r["step"] for r in lm] == [2, 3]
-  assert all(1 < r["perplexity"] < 2 * 4096 and 0 <= r["accuracy"] <= 1 for r in lm)
-  report = json.loads((tmp_path / "finetune" / "transfer_report.json").read_text())
-  assert len(report["loaded"]) == 25  # embedding + 2 layers x 12 LSTM cell leaves
-  assert report["initialized"] == ["params/heads/classifier/classifier/bias",
-                                   "params/heads/classifier/classifier/kernel"]
-  test = result["stages"]["finetune"]["test"]
-  assert 0.0 <= test["accuracy"] <= 1.0 and np.isfinite(test["loss"])
-  fine, _ = checkpoint.load_params(str(tmp_path / "finetune"))
-  assert fine["params"]["backbone"]["layer_1_forward"]["cell"]["hi"]["kernel"].shape == (32, 32)

@@ -20,8 +20,7 @@ from ptft_jax.inference import evaluate, predict
 from ptft_jax.inference import predictor as inference
 from ptft_jax.models import build_model
 from ptft_jax.train import checkpoint
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,7 @@
 """Fine-tuning toolkit: presets, gradual unfreezing, LoRA, accumulation, precision, EMA,
 mixup, early stopping and the best checkpoint."""
 
-import importlib.util
 import json
-import os
 
 import flax.linen as nn
 import jax
@@ -13,15 +11,13 @@ import numpy as np
 import optax
 import pytest
 
-from ptft_jax import base_config, models, optim, tasks, train
+from ptft_jax import base_config, models, optim, tasks
 from ptft_jax.errors import ConfigError
 from ptft_jax.optim import lora, strategies
 from ptft_jax.parallel import sharding
 from ptft_jax.tasks import losses
-from ptft_jax.train import checkpoint, early_stopping, finetune, reports, steps
-from ptft_jax.utils import tree_paths
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ptft_jax.train import checkpoint, early_stopping, finetune, steps
+from tests.helpers import flat, tiny_config
 
 
 def _mlp(hidden=(8, 4), classes=3):
@@ -41,12 +37,6 @@ def _optim(**kw):
     else:
       c[k] = v
   return c
-
-
-def _flat(tree):
-  return {k: np.asarray(v) for k, v in zip(
-      jax.tree_util.tree_leaves(tree_paths(tree)), jax.tree_util.tree_leaves(tree),
-      strict=True)}
 
 
 def _batch(n=16, seed=0):
@@ -140,7 +130,7 @@ def test_layer_decay_learning_rates_by_hand():
       {"depth_1": 0.4, "depth_2": 0.2, "default": 0.8})
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
-  u = _flat(updates)
+  u = flat(updates)
   np.testing.assert_allclose(u["backbone/layer_0/kernel"], -0.2, rtol=1e-6)
   np.testing.assert_allclose(u["backbone/layer_1/bias"], -0.4, rtol=1e-6)
   np.testing.assert_allclose(u["heads/classifier/logits/kernel"], -0.8, rtol=1e-6)
@@ -156,7 +146,7 @@ def test_gradual_unfreezing_gates_without_resetting_state():
     for _ in range(n):
       updates, state = tx.update(grads, state, p)
       p = optax.apply_updates(p, updates)
-      out.append((_flat(p), state))
+      out.append((flat(p), state))
     return out
 
   gradual, groups = optim.make_optimizer(
@@ -167,7 +157,7 @@ def test_gradual_unfreezing_gates_without_resetting_state():
   assert "until 3" in optim.group_table(groups)
   full, _ = optim.make_optimizer(params, cfg, 20)
   got, ref = trajectory(gradual, 8), trajectory(full, 8)
-  start = _flat(params)
+  start = flat(params)
   for step, (p, _) in enumerate(got, start=1):  # step = updates applied so far
     for path in p:
       unfreeze = 3 if "layer_1" in path else 6 if "layer_0" in path else 0
@@ -193,18 +183,18 @@ def test_lora_merge_equals_unmerged_forward_and_step0_is_base():
   ab = with_lora["lora"]["backbone"]["layer_0"]["kernel"]
   assert ab["a"].shape == (16, 2) and ab["b"].shape == (2, 8)
   merged0 = lora.merge_lora(with_lora, alpha=4.0)
-  for k, v in _flat(params).items():  # b = 0: step 0 is exactly the base model
-    np.testing.assert_array_equal(_flat(merged0)[k], v)
+  for k, v in flat(params).items():  # b = 0: step 0 is exactly the base model
+    np.testing.assert_array_equal(flat(merged0)[k], v)
   # Train-like adapters, then compare with the explicit x @ W + s * (x @ a) @ b forward.
   b = jax.random.normal(jax.random.PRNGKey(4), (2, 8))
   with_lora["lora"]["backbone"]["layer_0"]["kernel"]["b"] = b
   merged = lora.merge_lora(with_lora, alpha=4.0)
   x = _batch(4)["image"]
   got = model.apply({"params": merged}, {"image": x})["features"]["features"]
-  flat = x.reshape(4, -1)
+  rows = x.reshape(4, -1)
   base = params["backbone"]
-  h = flat @ base["layer_0"]["kernel"] + base["layer_0"]["bias"] + (
-      (flat @ ab["a"]) @ b) * (4.0 / 2)
+  h = rows @ base["layer_0"]["kernel"] + base["layer_0"]["bias"] + (
+      (rows @ ab["a"]) @ b) * (4.0 / 2)
   h = jax.nn.relu(h)
   want = jax.nn.relu(h @ base["layer_1"]["kernel"] + base["layer_1"]["bias"])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -233,7 +223,7 @@ def test_lora_base_frozen_bitwise_without_optimizer_state():
                                        param_fn=lambda p: lora.merge_lora(p, 16.0)))
   for i in range(3):
     state, _ = step(state, _batch(seed=i))
-  before, after = _flat(params), _flat(state["params"])
+  before, after = flat(params), flat(state["params"])
   for path in before:
     if path.startswith("backbone/"):
       np.testing.assert_array_equal(after[path], before[path], err_msg=path)
@@ -261,7 +251,7 @@ def test_accumulation_equals_one_big_batch_and_threads_batch_stats():
     step = jax.jit(steps.make_train_step(model, task, tx, accumulation_steps=k))
     state, metrics = step(_state(params, tx), batch)
     state, metrics2 = step(state, _batch(16, seed=1))
-    out[k] = (_flat(state["params"]), float(metrics["loss"]), float(metrics2["accuracy"]))
+    out[k] = (flat(state["params"]), float(metrics["loss"]), float(metrics2["accuracy"]))
   assert out[1][1] == pytest.approx(out[4][1], rel=1e-5)
   assert out[1][2] == pytest.approx(out[4][2], abs=1e-6)
   for path in out[1][0]:
@@ -278,8 +268,8 @@ def test_accumulation_equals_one_big_batch_and_threads_batch_stats():
   for i in range(2):
     _, want = bn_model.apply({"params": variables["params"], **want},
                              {"image": batch["image"][i::2]}, train=True, mutable=["batch_stats"])
-  for path, value in _flat(want).items():
-    np.testing.assert_allclose(_flat(state["model_state"])[path], value, rtol=1e-5, err_msg=path)
+  for path, value in flat(want).items():
+    np.testing.assert_allclose(flat(state["model_state"])[path], value, rtol=1e-5, err_msg=path)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_state():
@@ -383,102 +373,24 @@ def test_best_keeper_saves_best_and_replays_on_resume(tmp_path):
     resumed.record_and_save_best(8, {"mse": 1.0}, dict)
 
 
-def _tiny(steps_=8, **kw):
-  c = base_config()
-  c.model.hidden_sizes = (32,)
-  c.data.batch_size, c.data.eval_batch_size = 32, 64
-  c.optim.warmup_steps = 2
-  c.train.steps, c.train.log_every, c.train.eval_every = steps_, 4, 2
-  c.train.checkpoint_every, c.train.tensorboard = 4, False
-  c.eval_splits = ("validation",)
-  for k, v in kw.items():
-    section, key = k.split("__")
-    c[section][key] = v
-  return c
-
-
-def test_best_checkpoint_never_deletes_the_latest_and_is_evaluated(tmp_path):
-  c = _tiny(train__keep=1, optim__ema_decay=0.5)
-  # "loss" with mode max: the best is an early evaluation while training goes on.
-  c.train.early_stopping.update(dict(metric="loss", mode="max", patience=0))
-  train.train_and_evaluate(c, str(tmp_path))
-  history = json.load(open(tmp_path / "early_stopping.json"))
-  assert [h["step"] for h in history] == [2, 4, 6, 8]
-  best_step = max(history, key=lambda h: h["value"])["step"]
-  best = json.load(open(tmp_path / "best.json"))
-  assert best["step"] == best_step < 8
-  assert checkpoint.make_manager(str(tmp_path), read_only=True).all_steps() == [8]
-  assert checkpoint.make_manager(str(tmp_path / "best"), read_only=True).all_steps() == [best_step]
-  final = json.load(open(tmp_path / "eval_validation.json"))
-  assert final["step"] == best_step and final["loss"] == pytest.approx(best["value"], rel=1e-6)
-  groups = json.load(open(tmp_path / "param_groups.json"))
-  assert groups["trainable"] == groups["total"] == 64 * 32 + 32 + 32 * 10 + 10
-  loaded, step = checkpoint.load_params(str(tmp_path / "best"))  # transfer can name best/
-  assert step == best_step and "backbone" in loaded["params"]
-
-
-def test_lora_run_exports_merged_and_transfer_merges(tmp_path):
-  c = _tiny(steps_=4, optim__lr=0.05, train__eval_every=0)
-  c.optim.strategy.name, c.lora.rank = "lora", 2
-  train.train_and_evaluate(c, str(tmp_path / "lora"))
-  raw, _ = checkpoint.load_params(str(tmp_path / "lora"))
-  merged, _ = checkpoint.load_params(str(tmp_path / "lora" / "merged"))
-  assert "lora" in raw["params"] and "lora" not in merged["params"]
-  want = _flat(lora.merge_lora(raw["params"], 16.0))
-  got = _flat(merged["params"])
-  assert set(got) == set(want)
-  for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
-  assert not np.allclose(got["backbone/layer_0/kernel"], _flat(raw["params"])[
-      "backbone/layer_0/kernel"])
-  ft = _tiny(steps_=1, train__eval_every=0)
-  ft.init.pretrained_workdir = str(tmp_path / "lora")
-  train.train_and_evaluate(ft, str(tmp_path / "ft"))
-  report = json.load(open(tmp_path / "ft" / "transfer_report.json"))
-  assert "params/backbone/layer_0/kernel" in report["loaded"]
-
-
 def test_fine_tuning_config_errors():
   mesh = sharding.make_mesh({"data": -1})
   with pytest.raises(ConfigError, match=r"accumulation_steps=3 must be >= 1 and divide "
                                         r"config.data.batch_size=32"):
-    finetune.FineTuning.from_config(_tiny(optim__accumulation_steps=3), mesh)
+    finetune.FineTuning.from_config(tiny_config(optim__accumulation_steps=3), mesh)
   with pytest.raises(ConfigError, match=r"batch_size / config.optim.accumulation_steps=4 is not "
                                         r"divisible by the 8 data-parallel devices"):
-    finetune.FineTuning.from_config(_tiny(optim__accumulation_steps=8), mesh)
-  bad = _tiny()
+    finetune.FineTuning.from_config(tiny_config(optim__accumulation_steps=8), mesh)
+  bad = tiny_config()
   bad.optim.strategy.name = "lora"
   with pytest.raises(ConfigError, match="strategy.name='lora' needs config.lora.rank >= 1"):
     finetune.FineTuning.from_config(bad, mesh)
   with pytest.raises(ConfigError, match="compute_dtype='fp8'"):
-    finetune.FineTuning.from_config(_tiny(train__compute_dtype="fp8"), mesh)
+    finetune.FineTuning.from_config(tiny_config(train__compute_dtype="fp8"), mesh)
   with pytest.raises(ConfigError, match="needs config.train.eval_every > 0"):
-    early_stopping.keeper(_tiny(train__eval_every=0, train__early_stopping=dict(
+    early_stopping.keeper(tiny_config(train__eval_every=0, train__early_stopping=dict(
         metric="accuracy")), "/nonexistent", 0)
 
 
 # --- the comparison ---------------------------------------------------------------------------
 
-def test_strategies_config_and_report(tmp_path):
-  spec = importlib.util.spec_from_file_location("strategies_cfg",
-                                                os.path.join(REPO, "configs", "strategies.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
-  assert config.stage_order == ("pretrain", "linear_probe", "partial", "layer_decay", "gradual",
-                                "full", "lora")
-  assert config.stages.lora.lora.rank == 4 and config.stages.full.lora.rank == 0
-  assert config.stages.partial.init.pretrained_workdir == "@pretrain"
-  reused = module.get_config("pretrained=runs/q/pretrain")
-  assert "pretrain" not in reused.stages
-  assert reused.stages.full.init.pretrained_workdir == os.path.abspath("runs/q/pretrain")
-  for name, trainable, acc in [("probe", 10, 0.5), ("full", 1000, 0.9)]:
-    os.makedirs(tmp_path / name)
-    json.dump({"accuracy": acc, "macro_f1": acc - 0.1, "step": 4},
-              open(tmp_path / name / "eval_test.json", "w"))
-    json.dump({"trainable": trainable, "total": 1000, "frozen": 1000 - trainable},
-              open(tmp_path / name / "param_groups.json", "w"))
-  table = reports.write_strategy_report(str(tmp_path), ["probe", "full", "missing"])
-  assert table.splitlines()[2] == "| probe | 10 | 1% | 0.5000 | 0.4000 |"
-  assert (tmp_path / "strategies.png").stat().st_size > 1000
-  assert [r["stage"] for r in json.load(open(tmp_path / "strategies.json"))] == ["probe", "full"]

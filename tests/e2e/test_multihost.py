@@ -14,8 +14,7 @@ import numpy as np
 from ptft_jax import data, models, optim, tasks, train
 from ptft_jax.parallel import sharding
 from ptft_jax.train import checkpoint, reports, steps
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 
 # One experiment, the same in both runs: fine-tunes a digits MLP from a params-only
 # checkpoint (so the 2-process run also restores on 2 processes) on data=2 x fsdp=2 x
@@ -31,7 +30,7 @@ OVERRIDES = {
 }
 
 
-def _config(pretrained: str):
+def load_config(pretrained: str):
   spec = importlib.util.spec_from_file_location("digits_config", f"{REPO}/configs/digits.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -59,7 +58,7 @@ def _model_and_tx(config):
 
 def test_two_processes_match_one_and_their_checkpoint_restores_on_4_devices(tmp_path):
   # A params-only "pretrained" checkpoint (an init with another seed) for both runs to load.
-  config = _config(str(tmp_path / "pretrained"))
+  config = load_config(str(tmp_path / "pretrained"))
   model, make_tx, batch = _model_and_tx(config)
   params, model_state = steps.init_variables(model, batch, jax.random.PRNGKey(7))
   checkpoint.save_pretrained(str(tmp_path / "pretrained"), params, model_state=model_state)

@@ -11,36 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ptft_jax import base_config, data, models, tasks, train
+from ptft_jax import data, models, tasks, train
 from ptft_jax.errors import CheckpointError
 from ptft_jax.parallel import sharding
 from ptft_jax.train import checkpoint, steps
-from ptft_jax.utils import tree_paths
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(task="classification", hidden=(32,), steps_=6, **train_kw):
-  c = base_config()
-  c.model.hidden_sizes = hidden
-  c.task.name = task
-  c.data.batch_size = 32
-  c.data.eval_batch_size = 64
-  c.optim.warmup_steps = 2
-  c.train.steps = steps_
-  c.train.log_every = 3
-  c.train.eval_every = 3
-  c.train.checkpoint_every = 3
-  c.train.tensorboard = False
-  for k, v in train_kw.items():
-    c.train[k] = v
-  return c
+from tests import helpers
+from tests.helpers import REPO, flat
 
 
-def _flat(tree):
-  return {k: np.asarray(v) for k, v in zip(
-      jax.tree_util.tree_leaves(tree_paths(tree)),
-      jax.tree_util.tree_leaves(tree), strict=True)}
+def tiny_config(task="classification", hidden=(32,)):
+  return helpers.tiny_config(steps=6, every=3, task=task, hidden=hidden)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +57,7 @@ def test_transfer_loads_backbone_and_frozen_stays_bitwise(pretrained_dir, tmp_pa
       "params/heads/decoder/out/bias", "params/heads/decoder/out/kernel"]
   before, _ = checkpoint.load_params(pretrained_dir)
   after, _ = checkpoint.load_params(str(tmp_path))
-  b, a = _flat(before["params"]["backbone"]), _flat(after["params"]["backbone"])
+  b, a = flat(before["params"]["backbone"]), flat(after["params"]["backbone"])
   for path in b:
     np.testing.assert_array_equal(b[path], a[path], err_msg=path)
   head_before = np.asarray(after["params"]["heads"]["classifier"]["logits"]["kernel"])
@@ -129,7 +109,7 @@ def test_sharded_step_on_8_devices_equals_1_device():
       losses.append(float(m["loss"]))
     assert len(state["params"]["backbone"]["layer_0"]["kernel"].sharding.device_set) == len(
         devices)
-    results.append((losses, _flat(state["params"])))
+    results.append((losses, flat(state["params"])))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
   for k in results[0][1]:
     np.testing.assert_allclose(results[0][1][k], results[1][1][k], atol=1e-5, err_msg=k)
@@ -166,7 +146,7 @@ def test_resume_after_sigkill_is_bitwise_equal(tmp_path):
   assert f"resumed from {killed}/checkpoints at step" in resumed.stdout
   a, _ = checkpoint.load_params(str(tmp_path / "straight"))
   b, _ = checkpoint.load_params(str(killed))
-  fa, fb = _flat(a), _flat(b)
+  fa, fb = flat(a), flat(b)
   for k in fa:
     np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
 

@@ -19,8 +19,9 @@ from ptft_jax.convert.hf_bert import export_hf_bert, load_hf_bert, load_hf_bert_
 from ptft_jax.convert.minilm import minilm_dir
 from ptft_jax.errors import CheckpointError, UserError
 from ptft_jax.models.transformer import BertEncoder, TransformerConfig, bert_encode
+from tests.helpers import FIXTURES
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "minilm_reference.npz")
+FIXTURE = os.path.join(FIXTURES, "minilm_reference.npz")
 TINY = TransformerConfig(vocab_size=12, hidden_size=8, num_layers=1, num_heads=2,
                          intermediate_size=16, max_position_embeddings=16)
 

@@ -1,55 +1,24 @@
 """Vision families: MLP / CNN / ResNet shapes, BatchNorm freezing, augmentations, configs."""
 
-import importlib.util
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-from ptft_jax import optim, tasks, train
+from ptft_jax import optim, tasks
 from ptft_jax.errors import ConfigError
 from ptft_jax.models import ResNet, build_backbone, build_model
-from ptft_jax.models.resnet import frozen_norm_paths
 from ptft_jax.tasks import augment
-from ptft_jax.train import checkpoint, steps
-from ptft_jax.utils import tree_paths
+from ptft_jax.train import steps
+from tests.helpers import count_params, load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_prng_compile():
-  """Non-partitionable threefry: XLA:CPU compiles parameter init ~5x faster.
-
-  Only the random values differ; nothing here depends on them.
-  """
-  with jax.threefry_partitionable(False):
-    yield
-
-
-def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+pytestmark = pytest.mark.usefixtures("fast_prng_compile")
 
 
 def abstract_init(model, batch):
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
-
-
-def flat(tree) -> dict[str, np.ndarray]:
-  paths = jax.tree_util.tree_leaves(tree_paths(tree))
-  return {p: np.asarray(v) for p, v in zip(paths, jax.tree_util.tree_leaves(tree), strict=True)}
 
 
 # --- shapes and parameter counts ------------------------------------------------------
@@ -66,8 +35,8 @@ def test_resnet_shapes_and_parameter_counts(depth, small, size, params, stats, w
   model = ResNet(depth=depth, small_input=small)
   batch = {"image": jnp.zeros((2, size, size, 3))}
   variables = abstract_init(model, batch)
-  assert count(variables["params"]) == params
-  assert count(variables["batch_stats"]) == stats
+  assert count_params(variables["params"]) == params
+  assert count_params(variables["batch_stats"]) == stats
   out = jax.eval_shape(lambda v: model.apply(v, batch, train=False), variables)
   assert out["features"].shape == (2, width)
 
@@ -80,8 +49,8 @@ def test_transfer_recipe_is_a_frozen_resnet50_with_a_1024_hidden_head():
   _, head = tasks.build_task(c, info)
   model = build_model(c.model, head)
   variables = abstract_init(model, {"image": jnp.zeros((2, 32, 32, 3))})
-  assert count(variables["params"]["backbone"]) == 23_500_352
-  assert count(variables["params"]["heads"]) == 2048 * 1024 + 1024 + 1024 * 10 + 10
+  assert count_params(variables["params"]["backbone"]) == 23_500_352
+  assert count_params(variables["params"]["heads"]) == 2048 * 1024 + 1024 + 1024 * 10 + 10
   labels, groups = optim.assign_groups(variables["params"], c.optim)
   assert groups[0].frozen and groups[0].num_params == 23_500_352
 
@@ -96,7 +65,7 @@ def test_mlp_and_cnn_configs_have_the_issue_shapes():
   assert ae["heads"]["decoder"]["out"]["kernel"].shape == (128, 784)
   cls = abstract_init(build_model(fine.model, tasks.build_task(fine, info)[1]), batch)["params"]
   assert cls["heads"]["classifier"]["logits"]["kernel"].shape == (128, 10)
-  assert count(cls) == 784 * 128 + 128 + 128 * 10 + 10
+  assert count_params(cls) == 784 * 128 + 128 + 128 * 10 + 10
 
   cnn = load_config("cifar10_cnn")
   info = type("Info", (), {"num_classes": 10, "image_shape": (32, 32, 3)})()
@@ -120,97 +89,6 @@ def test_bad_resnet_settings_are_config_errors():
 # --- ResNet runs and BatchNorm through the real train step ----------------------------
 
 DIGITS = type("Info", (), {"num_classes": 10, "image_shape": (8, 8, 1), "label_names": None})()
-
-
-@pytest.fixture(scope="module")
-def resnet_runs(tmp_path_factory):
-  """configs/resnet.py tiny on digits: `finetune` from scratch, then `linear` from it."""
-  root = tmp_path_factory.mktemp("resnet")
-  fine = load_config("resnet", "finetune,tiny,dataset=digits")
-  fine.train.tensorboard = False
-  fine.train.eval_every, fine.eval_splits = 0, ()  # the linear stage evaluates
-  train.run(fine, str(root / "finetune"))
-  linear = load_config("resnet", f"linear,tiny,dataset=digits,pretrained={root / 'finetune'}")
-  linear.train.tensorboard = False
-  train.run(linear, str(root / "linear"))
-  return root, linear
-
-
-def test_resnet_finetune_trains_batch_norm_and_linear_keeps_it_bitwise(resnet_runs):
-  root, _ = resnet_runs
-  fine, _ = checkpoint.load_params(str(root / "finetune"))
-  lin, step = checkpoint.load_params(str(root / "linear"))
-  assert step == 3
-  f, li = flat(fine["model_state"]), flat(lin["model_state"])
-  assert len(f) == 12 and f.keys() == li.keys()  # stem, 2 + 3 in the blocks; mean and var
-  for path, value in f.items():
-    # Trained away from the init (mean 0, var 1) in finetune, then loaded and never
-    # touched by the linear stage, whose norms use these running averages.
-    init = 0.0 if path.endswith("mean") else 1.0
-    assert not np.allclose(value, init), path
-    np.testing.assert_array_equal(value, li[path], err_msg=path)
-  fb, lb = flat(fine["params"]["backbone"]), flat(lin["params"]["backbone"])
-  assert fb.keys() == lb.keys() and all(np.array_equal(fb[k], lb[k]) for k in fb)
-  report = (root / "linear" / "transfer_report.json").read_text()
-  assert "model_state/batch_stats/backbone/stem_bn/mean" in report.split('"initialized"')[0]
-  with open(root / "linear" / "eval_test.json") as f:
-    assert 0.0 <= json.load(f)["accuracy"] <= 1.0
-
-
-def _linear_model(resnet_runs):
-  root, config = resnet_runs
-  task, head = tasks.build_task(config, DIGITS)
-  model = build_model(config.model, head)
-  variables, _ = checkpoint.load_params(str(root / "linear"))
-  labels, groups = optim.assign_groups(variables["params"], config.optim)
-  frozen = {g.name for g in groups if g.frozen}
-  trainable = jax.tree_util.tree_map(lambda lab: lab not in frozen, labels)
-  return model, variables["params"], variables["model_state"], trainable
-
-
-def test_frozen_norms_make_a_training_pass_the_eval_pass(resnet_runs):
-  model, params, model_state, trainable = _linear_model(resnet_runs)
-  assert len(frozen_norm_paths(trainable, model_state)) == 6
-  frozen = model.with_frozen_norms(trainable, model_state)
-  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (16, 8, 8, 1))}
-  variables = {"params": params, **model_state}
-  train_out, new_state = frozen.apply(variables, batch, train=True, mutable=["batch_stats"])
-  eval_out = model.apply(variables, batch, train=False)
-  np.testing.assert_array_equal(train_out["classifier"], eval_out["classifier"])
-  # Each example's output is its own, whatever else is in the batch.
-  others = batch["image"].at[8:].set(jax.random.uniform(jax.random.PRNGKey(2), (8, 8, 8, 1)))
-  mixed = frozen.apply(variables, {"image": others}, train=True, mutable=["batch_stats"])[0]
-  np.testing.assert_array_equal(mixed["classifier"][:8], eval_out["classifier"][:8])
-  before = flat(model_state)
-  for path, value in flat(new_state).items():
-    np.testing.assert_array_equal(value, before[path])
-  # batch_norm="frozen" does the same without looking at the optimizer groups...
-  forced = model.clone(backbone=model.backbone.clone(batch_norm="frozen"))
-  out = forced.apply(variables, batch, train=True, mutable=["batch_stats"])[0]
-  np.testing.assert_array_equal(out["classifier"], eval_out["classifier"])
-  # ...while trainable norms normalize with batch statistics and update their averages.
-  out, updated = model.apply(variables, batch, train=True, mutable=["batch_stats"])
-  assert not np.allclose(out["classifier"], eval_out["classifier"])
-  assert all(not np.array_equal(v, before[k]) for k, v in flat(updated).items())
-
-
-def test_only_norms_with_frozen_scale_and_bias_are_frozen(resnet_runs):
-  model, params, model_state, _ = _linear_model(resnet_runs)
-
-  def frozen_norms(groups):
-    labels, found = optim.assign_groups(params, ml_collections.ConfigDict(dict(
-        lr=0.1, groups=groups)))
-    frozen = {g.name for g in found if g.frozen}
-    trainable = jax.tree_util.tree_map(lambda lab: lab not in frozen, labels)
-    return frozen_norm_paths(trainable, model_state)
-
-  # tune_bn in configs/resnet.py: convolutions frozen, BatchNorm trained (batch statistics).
-  assert frozen_norms([(r"backbone/(?!.*bn).*", {"frozen": True})]) == ()
-  assert frozen_norms([(r"backbone/(stem|stage1).*", {"frozen": True})]) == (
-      "backbone/stage1_block0/bn1", "backbone/stage1_block0/bn2", "backbone/stem_bn")
-  # A norm with only its scale frozen still learns its bias, so it keeps batch statistics.
-  assert frozen_norms([(r"backbone/.*/scale", {"frozen": True})]) == ()
-  assert model.with_frozen_norms(None, model_state) is model
 
 
 def test_simclr_resnet_train_step_builds():
@@ -297,23 +175,3 @@ def test_unknown_augment_option_is_one_line():
 # --- configs, end to end --------------------------------------------------------------
 
 
-def _quick(config):
-  """No TensorBoard files; the pretraining stage skips evaluation (one compile less)."""
-  for stage in config.stages.values():
-    stage.train.tensorboard = False
-  config.stages.pretrain.train.eval_every = 0
-  config.stages.pretrain.eval_splits = ()
-  return config
-
-
-@pytest.mark.parametrize("name,dataset", [("mnist_mlp", "mnist"), ("cifar10_cnn", "cifar10")])
-def test_mlp_and_cnn_configs_run_on_mock_data(name, dataset, tmp_path):
-  config = _quick(load_config(name, "tiny"))
-  with tfds.testing.mock_data(num_examples=32):
-    result = train.run(config, str(tmp_path))
-  assert list(result["stages"]) == ["pretrain", "finetune"]
-  report = (tmp_path / "finetune" / "transfer_report.json").read_text()
-  assert "params/backbone/" in report
-  assert result["stages"]["pretrain"] == {}  # trained, checkpointed, not evaluated
-  assert checkpoint.load_params(str(tmp_path / "pretrain"))[1] == 4
-  assert 0.0 <= result["summary"]["finetune"]["test_accuracy"] <= 1.0

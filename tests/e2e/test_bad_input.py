@@ -19,15 +19,16 @@ import pytest
 import safetensors.numpy
 import tensorflow_datasets as tfds
 from absl import flags
-from test_reliability import compile_cache  # noqa: F401 -- module fixture: compile once
 
 from ptft_jax import main as cli
 from ptft_jax.convert import __main__ as convert_cli
 from ptft_jax.convert.hf_bert import export_hf_bert
 from ptft_jax.models.transformer import BertEncoder, TransformerConfig
 from ptft_jax.train import checkpoint
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures("compile_cache")
+
 FAST = ["--config.model.hidden_sizes=(32,)", "--config.train.steps=2",
         "--config.train.eval_every=0", "--config.train.log_every=1",
         "--config.train.checkpoint_every=2", "--config.train.tensorboard=False",

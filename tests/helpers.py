@@ -1,0 +1,50 @@
+"""What tests share: the repository path, configs by name, tiny digits configs, flat trees."""
+
+import importlib
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from ptft_jax import base_config
+from ptft_jax.utils import flat_paths
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """`configs/<name>.py`'s get_config(arg), as `--config=configs/<name>.py:<arg>` would."""
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def tiny_config(steps: int = 8, every: int = 4, *, task: str = "classification", hidden=(32,),
+                **overrides) -> ml_collections.ConfigDict:
+  """A digits MLP run of `steps` steps that logs, evaluates and saves every `every` steps.
+
+  `overrides`: `section__key=value` (e.g. `train__keep=1`, `optim__lr=0.05`) or a
+  top-level key (`eval_splits=("validation",)`).
+  """
+  c = base_config()
+  c.model.hidden_sizes = hidden
+  c.task.name = task
+  c.data.batch_size = 32
+  c.data.eval_batch_size = 64
+  c.optim.warmup_steps = 2
+  c.train.steps = steps
+  c.train.log_every = c.train.eval_every = c.train.checkpoint_every = every
+  c.train.tensorboard = False
+  for key, value in overrides.items():
+    section, _, leaf = key.rpartition("__")
+    (c[section] if section else c)[leaf] = value
+  return c
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+  """{"backbone/layer_0/kernel": host array} for every leaf of `tree`."""
+  return {k: np.asarray(v) for k, v in flat_paths(tree).items()}
+
+
+def count_params(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
