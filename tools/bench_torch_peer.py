@@ -3,8 +3,8 @@ r"""The PyTorch peer of `python -m ptft_jax.bench`: HF BERT train steps of the s
   .venv-torch/bin/python tools/bench_torch_peer.py [--workload peer_bert_mlm ...]
 
 Needs torch and transformers in a separate venv (torch is not a ptft_jax
-requirement): `bash launch/setup_torch_peer.sh` makes `.venv-torch/` in the repository. Prints one JSON line per workload with the keys of
-ptft_jax.bench.benchmark's records:
+requirement): `bash launch/setup_torch_peer.sh` makes `.venv-torch/` in the repository.
+Prints one JSON line per workload with the keys of ptft_jax.bench.benchmark's records:
 
   peer_bert_mlm  BertForMaskedLM, 6 layers, hidden 384, 12 heads, ffn 1536, vocab
                  30522 (MiniLM-L6), batch 32 x 128, 20 masked positions per row
