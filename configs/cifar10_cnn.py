@@ -35,22 +35,12 @@ SIMCLR_AUGMENT = dict(crop_scale=0.2, flip=True, color=0.5, color_prob=0.8, gray
 
 
 def _common(args: dict) -> ml_collections.ConfigDict:
-  c = common.base_config()
-  c.seed = args["seed"]
-  c.data.dataset = args["dataset"]
-  if args["dataset"] in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
-    c.data.train_split = "train[:90%]"
-    c.data.validation_split = "train[90%:]"
-    c.data.test_split = "test"
-  c.data.eval_batch_size = 16 if args["tiny"] else 500
+  c = common.image_stage(args["dataset"], seed=args["seed"], tiny=args["tiny"],
+                         warmup_steps=4 if args["tiny"] else 500, eval_batch_size=500)
   c.model = ml_collections.ConfigDict(dict(
       name="cnn", channels=(64, 128), dense_sizes=(1000,), dropout_rate=0.0))
   if args["tiny"]:
     c.model.channels, c.model.dense_sizes = (8, 16), (32,)
-  c.optim.warmup_steps = 4 if args["tiny"] else 500
-  c.train.log_every = 2 if args["tiny"] else 100
-  c.train.checkpoint_every = 5000
-  c.train.keep = 1
   return c
 
 

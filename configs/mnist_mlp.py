@@ -28,21 +28,11 @@ from configs import common
 
 
 def _common(args: dict) -> ml_collections.ConfigDict:
-  c = common.base_config()
-  c.seed = args["seed"]
-  c.data.dataset = args["dataset"]
-  if args["dataset"] in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
-    c.data.train_split = "train[:90%]"
-    c.data.validation_split = "train[90%:]"
-    c.data.test_split = "test"
+  c = common.image_stage(args["dataset"], seed=args["seed"], tiny=args["tiny"],
+                         warmup_steps=4 if args["tiny"] else 200, eval_batch_size=512)
   c.data.batch_size = 16 if args["tiny"] else 128
-  c.data.eval_batch_size = 16 if args["tiny"] else 512
   c.model.name = "mlp"
   c.model.hidden_sizes = (128,)
-  c.optim.warmup_steps = 4 if args["tiny"] else 200
-  c.train.log_every = 2 if args["tiny"] else 100
-  c.train.checkpoint_every = 5000
-  c.train.keep = 1
   return c
 
 

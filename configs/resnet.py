@@ -47,22 +47,12 @@ FINETUNE_AUGMENT = dict(flip=True, max_shift=4)
 
 def _common(args: dict) -> ml_collections.ConfigDict:
   tiny = args["tiny"]
-  c = common.base_config()
-  c.seed = args["seed"]
-  c.data.dataset = args["dataset"]
-  if args["dataset"] in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
-    c.data.train_split = "train[:90%]"
-    c.data.validation_split = "train[90%:]"
-    c.data.test_split = "test"
-  c.data.eval_batch_size = 16 if tiny else 500
+  c = common.image_stage(args["dataset"], seed=args["seed"], tiny=tiny,
+                         warmup_steps=2 if tiny else 500, eval_batch_size=500)
   c.model = ml_collections.ConfigDict(dict(
       name="resnet", depth=args["depth"] or (18 if tiny else 50),
       width=args["width"] or (4 if tiny else 64), small_input=not args["imagenet_stem"],
       stage_sizes=(1, 1) if tiny else (), batch_norm="auto", dtype="float32"))
-  c.optim.warmup_steps = 2 if tiny else 500
-  c.train.log_every = 2 if tiny else 100
-  c.train.checkpoint_every = 5000
-  c.train.keep = 1
   return c
 
 

@@ -1,7 +1,6 @@
 """Multi-host: 2 local processes x 4 devices (real CLI, jax.distributed on localhost) against
 1 process x 8 devices, and their checkpoint restored on 4 devices with explicit shardings."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import numpy as np
 from ptft_jax import data, models, optim, tasks, train
 from ptft_jax.parallel import sharding
 from ptft_jax.train import checkpoint, reports, steps
-from tests.helpers import REPO
+from tests.helpers import REPO, load_config
 
 # One experiment, the same in both runs: fine-tunes a digits MLP from a params-only
 # checkpoint (so the 2-process run also restores on 2 processes) on data=2 x fsdp=2 x
@@ -30,11 +29,8 @@ OVERRIDES = {
 }
 
 
-def load_config(pretrained: str):
-  spec = importlib.util.spec_from_file_location("digits_config", f"{REPO}/configs/digits.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("mlp")
+def _digits_config(pretrained: str):
+  c = load_config("digits", "mlp")
   for key, value in {**OVERRIDES, "init.pretrained_workdir": pretrained}.items():
     *parents, leaf = key.split(".")
     node = c
@@ -58,7 +54,7 @@ def _model_and_tx(config):
 
 def test_two_processes_match_one_and_their_checkpoint_restores_on_4_devices(tmp_path):
   # A params-only "pretrained" checkpoint (an init with another seed) for both runs to load.
-  config = load_config(str(tmp_path / "pretrained"))
+  config = _digits_config(str(tmp_path / "pretrained"))
   model, make_tx, batch = _model_and_tx(config)
   params, model_state = steps.init_variables(model, batch, jax.random.PRNGKey(7))
   checkpoint.save_pretrained(str(tmp_path / "pretrained"), params, model_state=model_state)
