@@ -6,13 +6,13 @@ it in `config.init.pretrained_workdir` exactly like a pretraining run.
 """
 
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Mapping
 from typing import Any
 
 from ptft_jax.models.transformer import TransformerConfig
+from ptft_jax.utils import write_json_atomic
 
 
 def write_pretrained_workdir(
@@ -32,8 +32,7 @@ def write_pretrained_workdir(
 
   config_dict = dataclasses.asdict(config)
   checkpoint.save_pretrained(os.fspath(workdir), dict(params), config=config_dict)
-  with open(os.path.join(os.fspath(workdir), "model_config.json"), "w") as f:
-    json.dump(config_dict, f, indent=1)
+  write_json_atomic(os.path.join(os.fspath(workdir), "model_config.json"), config_dict)
 
 
 def import_hf_bert(

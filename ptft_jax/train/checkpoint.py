@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from ptft_jax.errors import CheckpointError
-from ptft_jax.utils import tree_paths
+from ptft_jax.utils import flat_paths, path_str, tree_paths
 
 CHECKPOINT_DIR = "checkpoints"
 COMMIT_FILE = "commit_success.txt"  # Orbax writes it last, before the atomic rename
@@ -193,18 +193,11 @@ def _restore(manager: ocp.CheckpointManager, step: int, items: dict) -> dict:
     raise _corrupt(f"{manager.directory}/{step}", e) from None
 
 
-def _key(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
 def _shapes(tree) -> dict[str, tuple]:
   """{"a/b/0/c": shape} for a live tree or an Orbax metadata tree (same path names)."""
   tree = getattr(tree, "tree", tree)  # orbax TreeMetadata wraps the tree
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(_key(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+  return {path_str(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def _shape_diffs(saved: dict[str, tuple], want: dict[str, tuple]) -> list[str]:
@@ -241,11 +234,6 @@ def load_params(workdir: str, *, step: int | None = None, sharding=None) -> tupl
   return restored["params"], step
 
 
-def _flat(tree) -> dict[str, Any]:
-  return dict(zip(jax.tree_util.tree_leaves(tree_paths(tree)), jax.tree_util.tree_leaves(tree),
-                  strict=True))
-
-
 def transfer(
     target: dict, source: dict, *, load: Sequence[str] = (r"backbone/.*",),
     skip: Sequence[str] = (r"heads/.*",),
@@ -259,7 +247,7 @@ def transfer(
   """
   want = lambda p: any(re.fullmatch(r, p) for r in load) and not any(
       re.fullmatch(r, p) for r in skip)
-  src = _flat(source)
+  src = flat_paths(source)
   loaded, initialized, mismatched = [], [], []
   paths = tree_paths(target)
 

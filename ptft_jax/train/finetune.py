@@ -93,6 +93,12 @@ class FineTuning:
         step=int(jax.device_get(state["step"])), config={"lora_merged": self.lora})
 
 
+def load_pretrained(workdir: str) -> tuple[dict, int]:
+  """{"params", "model_state"} of a pretraining run and its step; a LoRA run's adapters merged."""
+  pretrained, step = checkpoint.load_params(workdir)
+  return {**pretrained, "params": lora.merge_loaded(pretrained["params"], workdir)}, step
+
+
 def write_param_groups_json(workdir: str, groups: Sequence[optim.Group], params: dict,
                             fine_tuning: FineTuning) -> str:
   """One line with the trainable parameter count; writes `<workdir>/param_groups.json`."""

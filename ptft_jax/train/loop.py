@@ -224,8 +224,7 @@ def _transfer(config: ml_collections.ConfigDict, workdir: str, params, model_sta
   Writes `<workdir>/transfer_report.json` (loaded / initialized / ignored paths).
   """
   source = config.init.pretrained_workdir
-  pretrained, src_step = checkpoint.load_params(source)
-  pretrained["params"] = optim.lora.merge_loaded(pretrained["params"], source)
+  pretrained, src_step = finetune.load_pretrained(source)  # LoRA runs: adapters merged
   loaded, report = checkpoint.transfer(
       {"params": params, "model_state": model_state}, pretrained,
       load=tuple(config.init.load), skip=tuple(config.init.skip))
