@@ -15,7 +15,7 @@ takes the settings of the first regex that *fully* matches its path
 
 Frozen groups go through `optax.multi_transform` with `optax.set_to_zero()`,
 which keeps no moments for them; the train step takes no gradient for them
-(see steps.py), so their backward pass is not computed when they sit at the
+(see train/steps.py), so their backward pass is not computed when they sit at the
 input side.
 
 A group with `unfreeze_at = N > 0` is trainable in the optimizer from the start

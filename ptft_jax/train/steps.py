@@ -43,7 +43,7 @@ def make_train_step(
       differentiated (frozen ones get zero gradients and no backward pass) and
       the reported gradient norm covers only them.
       BatchNorms whose params are all frozen use their running averages and
-      keep their statistics (backbones with `batch_norm="auto"`, see resnet.py).
+      keep their statistics (backbones with `batch_norm="auto"`, see models/resnet.py).
     nan_policy: metrics["finite"] says whether the loss and gradient norm are
       finite (the host reads it only at log steps and saves). "skip" also keeps
       params, optimizer and model state unchanged on a non-finite step (a select
@@ -51,7 +51,7 @@ def make_train_step(
     accumulation_steps: split the batch into this many microbatches and average
       their gradients inside the step (see accumulate.py).
     compute_dtype: e.g. jnp.bfloat16: params and floating inputs are cast to it
-      inside the loss, outputs back to float32 (see precision.py).
+      inside the loss, outputs back to float32 (see optim/precision.py).
     param_fn: params -> the params the model runs on, applied inside the loss
       (e.g. `lora.merge_lora`); gradients flow through it.
   """
@@ -108,7 +108,7 @@ def make_train_step(
 
 def make_eval_step(model: nn.Module, task: Any, *, heads: Sequence[str] | None = None,
                    compute_dtype: Any = None, param_fn: Callable | None = None):
-  """Builds `eval_step(params, model_state, batch) -> per-example outputs` (see tasks.py).
+  """Builds `eval_step(params, model_state, batch) -> per-example outputs` (see ptft_jax/tasks).
 
   `compute_dtype` and `param_fn` as in `make_train_step`.
   """
