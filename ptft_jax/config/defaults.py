@@ -16,6 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_batch_size = 128
   c.data.label_fraction = 1.0  # < 1: a stratified subset of the train labels
   c.data.label_fraction_seed = 0
+  c.data.labels_per_class = 0  # > 0: exactly this many train labels per class (image data)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"

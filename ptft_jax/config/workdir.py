@@ -10,6 +10,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from ptft_jax.config.defaults import base_config
 from ptft_jax.errors import ConfigError
 from ptft_jax.utils import write_json_atomic
 
@@ -56,7 +57,22 @@ def workdir_config_changes(config: ml_collections.ConfigDict, workdir: str) -> l
     raise ConfigError(f"{path}: unreadable ({e}); it records the run in that workdir: "
                       "restore it, or use a new --workdir") from None
   allowed = set(new.get("resumable_keys", ())) | {"resumable_keys"}
-  return [c for c in _diff(old, new) if c.split(":")[0] not in allowed]
+  # A key added to base_config() after the run was written, and still at its default,
+  # changes nothing that run did: runs written by older versions still resume.
+  defaults = to_dict(base_config())
+  return [c for c in _diff(old, new) if c.split(":")[0] not in allowed
+          and not (c.split(": ", 1)[1].startswith("'<missing>' -> ")
+                   and _at(new, c.split(":")[0]) == _at(defaults, c.split(":")[0]))]
+
+
+def _at(tree, dotted: str):
+  """The value at "a.b.c" in nested dicts (a stage's keys under "stages.<name>." too)."""
+  keys = dotted.split(".")
+  if keys[0] == "stages" and len(keys) > 2:
+    keys = keys[2:]
+  for key in keys:
+    tree = tree.get(key, "<missing>") if isinstance(tree, dict) else "<missing>"
+  return tree
 
 
 def move_workdir_aside(workdir: str) -> str:

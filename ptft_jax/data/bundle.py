@@ -30,7 +30,8 @@ def _image_data(dc: ml_collections.ConfigDict, seed: int) -> DataBundle:
       dc.dataset, split=dc.get("train_split", "train"), data_dir=data_dir,
       global_batch_size=dc.batch_size, seed=seed,
       label_fraction=dc.get("label_fraction", 1.0),
-      label_fraction_seed=dc.get("label_fraction_seed", 0))
+      label_fraction_seed=dc.get("label_fraction_seed", 0),
+      labels_per_class=dc.get("labels_per_class", 0))
 
   # The loop asks for "validation" and "test"; datasets without such splits
   # (mnist, cifar10) name a slice instead, e.g. validation_split="train[90%:]".

@@ -67,7 +67,7 @@ def _labels(dataset: str, split: str, data_dir: str | None) -> np.ndarray:
 def train_iterator(
     dataset: str, *, split: str = "train", data_dir: str | None = None,
     global_batch_size: int, seed: int, label_fraction: float = 1.0,
-    label_fraction_seed: int = 0, worker_count: int = 0,
+    label_fraction_seed: int = 0, labels_per_class: int = 0, worker_count: int = 0,
     shard_index: int | None = None, shard_count: int | None = None,
 ) -> grain.DataLoaderIterator:
   """Infinite, seeded, shuffled batches of this process's shard of `split`.
@@ -80,6 +80,7 @@ def train_iterator(
     seed: shuffling seed in [0, 2**32).
     label_fraction: keep this stratified fraction of the split, in (0, 1].
     label_fraction_seed: which examples are kept; independent of `seed`.
+    labels_per_class: > 0: keep this many examples of every class instead of a fraction.
     worker_count: Grain worker processes (0: read in this process).
     shard_index: overrides `jax.process_index()` (with `shard_count`).
     shard_count: overrides `jax.process_count()` (with `shard_index`).
@@ -91,14 +92,18 @@ def train_iterator(
   """
   if not 0 < label_fraction <= 1:
     raise DataError(f"label_fraction={label_fraction} for dataset {dataset!r} must be in (0, 1]")
+  if labels_per_class < 0 or (labels_per_class and label_fraction < 1):
+    raise ConfigError(f"config.data.labels_per_class={labels_per_class}: use a count > 0 "
+                      "with config.data.label_fraction=1.0, or 0 (off)")
   if not 0 <= seed < 2**32:
     raise ConfigError(f"data seed {seed} must be in [0, 2**32)")
   shard_index, shard_count = _shard(shard_index, shard_count)
   batch_size = _per_process_batch(global_batch_size, shard_count)
   source = _open(dataset, split, data_dir)
-  if label_fraction < 1:
+  if label_fraction < 1 or labels_per_class:
     labels = _labels(dataset, split, data_dir)
-    source = Subset(source, stratified_subset(labels, label_fraction, label_fraction_seed))
+    source = Subset(source, stratified_subset(labels, label_fraction, label_fraction_seed,
+                                              per_class=labels_per_class))
   if worker_count == 0 and _in_memory(source):
     return _in_memory_iterator(source, seed, batch_size, shard_index, shard_count)
   if worker_count > 0 and not flags.FLAGS.is_parsed():

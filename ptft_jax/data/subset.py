@@ -7,17 +7,20 @@ from typing import Any
 import numpy as np
 
 
-def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-  """Picks about `fraction` of the examples of every class.
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int, *,
+                      per_class: int = 0) -> np.ndarray:
+  """Picks about `fraction` of the examples of every class, or `per_class` of each.
 
-  Each class keeps `max(1, round(fraction * count))` examples, chosen by a
-  permutation that depends only on (`seed`, class), so the subset is the same
-  for any shuffle seed and a smaller fraction is a subset of a larger one.
+  Each class keeps `max(1, round(fraction * count))` examples (or
+  `min(per_class, count)` when `per_class > 0`), chosen by a permutation that
+  depends only on (`seed`, class), so the subset is the same for any shuffle
+  seed and a smaller subset is a part of a larger one.
 
   Args:
     labels: int [n] label of every example of the split.
-    fraction: in (0, 1].
+    fraction: in (0, 1] (ignored when `per_class > 0`).
     seed: selects which examples are kept.
+    per_class: > 0: keep this many examples of every class (label-efficiency curves).
 
   Returns:
     int64 [k] sorted indices into `labels`.
@@ -26,7 +29,8 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
   kept = []
   for c in np.unique(labels):
     members = np.flatnonzero(labels == c)
-    k = max(1, int(fraction * len(members) + 0.5))
+    k = min(per_class, len(members)) if per_class > 0 else max(
+        1, int(fraction * len(members) + 0.5))
     kept.append(np.random.default_rng([seed, int(c)]).permutation(members)[:k])
   return np.sort(np.concatenate(kept)).astype(np.int64)
 

@@ -20,7 +20,7 @@ from ptft_jax import data
 from ptft_jax.data import embedded
 from ptft_jax.data.builders.digits import split_indices, to_uint8
 from ptft_jax.data.subset import stratified_subset
-from ptft_jax.errors import DataError
+from ptft_jax.errors import ConfigError, DataError
 
 
 def _no_network(*args, **kwargs):
@@ -281,3 +281,22 @@ def test_concurrent_preparation(tmp_path):
     t.join()
   assert not errors
   assert data.dataset_info("digits", data_dir=str(tmp_path)).splits["train"] == 1257
+
+
+def test_labels_per_class_keeps_exactly_k_of_each_class_nested():
+  labels = np.repeat(np.arange(4), [3, 10, 20, 40])
+  two = stratified_subset(labels, 1.0, seed=0, per_class=2)
+  five = stratified_subset(labels, 1.0, seed=0, per_class=5)
+  assert collections.Counter(labels[two].tolist()) == {0: 2, 1: 2, 2: 2, 3: 2}
+  assert collections.Counter(labels[five].tolist()) == {0: 3, 1: 5, 2: 5, 3: 5}  # class 0 has 3
+  assert set(two) <= set(five)
+
+
+def test_labels_per_class_through_the_pipeline(data_dir):
+  it = data.train_iterator("digits", global_batch_size=40, seed=0, labels_per_class=2,
+                      shard_index=0, shard_count=1)
+  batch = next(it)  # 20 labeled examples, so a batch of 40 holds each one twice
+  assert collections.Counter(batch["label"].tolist()) == {c: 4 for c in range(10)}
+  with pytest.raises(ConfigError, match="labels_per_class"):
+    data.train_iterator("digits", global_batch_size=8, seed=0, labels_per_class=2,
+                   label_fraction=0.5)

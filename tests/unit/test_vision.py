@@ -175,3 +175,16 @@ def test_unknown_augment_option_is_one_line():
 # --- configs, end to end --------------------------------------------------------------
 
 
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 4), (2, 5, 7, 3), (1, 2, 2, 1)])
+def test_cnn_max_pool_equals_flax_and_has_the_same_gradient(shape):
+  import flax.linen as nn
+
+  from ptft_jax.models.cnn import max_pool_2x2
+
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)  # no ties: one gradient path per window
+  np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+  ours = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x2(x))))(x)
+  flax_grad = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), strides=(2, 2)))))(x)
+  np.testing.assert_allclose(ours, flax_grad, rtol=1e-6, atol=1e-7)
