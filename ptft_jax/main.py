@@ -66,7 +66,19 @@ def _main(argv):
     return
   if _CONFIG.value is None:
     raise ConfigError("--config is required to train (--mode=eval reads the workdir's config)")
+  _check_task_keys(_CONFIG.value)
   train.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+
+
+def _check_task_keys(config):
+  """Every stage's task keys checked before the first stage trains (build_task checks
+  one stage when it starts, which for a late stage is after the earlier ones ran)."""
+  from ptft_jax import tasks
+
+  stages = config.stages.items() if "stages" in config else [("", config)]
+  for name, stage in stages:
+    if "import_hf_bert" not in stage:
+      tasks.check_task_keys(stage.task, f"config.stages.{name}.task" if name else "config.task")
 
 
 def _one_line(e: BaseException) -> str:
@@ -79,19 +91,123 @@ def _parse_flags(argv):
   from ptft_jax.errors import ConfigError
 
   try:
-    parsed = flags.FLAGS(argv)
+    expanded, renamed = _expand_staged_overrides(argv)
+  except ConfigError as e:
+    raise _ConfigFailure(e) from None
+  if expanded != list(argv):
+    # config_flags reads the override names from sys.argv itself, not from `argv`.
+    sys.argv = expanded
+  try:
+    parsed = flags.FLAGS(expanded)
     if _CONFIG.value is not None:  # --mode=eval needs none
       list(_CONFIG.value.keys())  # loads the file now, so its errors surface here
     return parsed
   except Exception as e:  # noqa: BLE001 -- every parse failure is a user error
-    raise _ConfigFailure(ConfigError(_describe(e, argv))) from None
+    raise _ConfigFailure(ConfigError(_describe(e, argv, renamed))) from None
 
 
-def _describe(e: BaseException, argv) -> str:
+_OVERRIDE = re.compile(r"^(-{1,2})(no)?config\.([^=]+)(=.*)?$", re.DOTALL)
+ALL_STAGES = "all_stages"
+
+
+def _config_spec(argv) -> str | None:
+  """The value of --config (path[:arg]) in `argv`, or None."""
+  for i, arg in enumerate(argv[1:], 1):
+    name, eq, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      return value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+  return None
+
+
+def _expand_staged_overrides(argv) -> tuple[list[str], dict[str, str]]:
+  """`argv` with every `--config.all_stages.KEY[=VALUE]` made one
+  `--config.stages.<stage>.KEY[=VALUE]` per trained stage, in place (so a later
+  `--config.stages.<stage>.KEY` still wins); and {"stages.<stage>.KEY": "all_stages.KEY"}
+  to name the user's flag in errors. Raises ConfigError for an override a staged config
+  cannot take (a stage key written at the top level) or a bad `all_stages` key.
+  """
+  import ml_collections
+  from ml_collections.config_flags import config_flags as cf
+
+  from ptft_jax.config.keys import closest_key, has_key
+  from ptft_jax.errors import ConfigError
+
+  argv = list(argv)
+  spec = _config_spec(argv)
+  if spec is None or not any(_OVERRIDE.match(a) for a in argv[1:]):
+    return argv, {}
+  try:
+    config = cf.ConfigFileFlagParser(name="config").parse(spec)
+  except Exception:  # noqa: BLE001 -- absl's own parse reports a config file that fails
+    return argv, {}
+  if not isinstance(config, ml_collections.ConfigDict):  # e.g. a file not found, reported later
+    return argv, {}
+  staged = "stages" in config
+  order = list(config.get("stage_order", ()) or config.stages) if staged else []
+  trained = [s for s in order if "import_hf_bert" not in config.stages[s]]
+  out, renamed, i = [argv[0]], {}, 1
+  while i < len(argv):
+    arg, i = argv[i], i + 1
+    match = _OVERRIDE.match(arg)
+    key = match.group(3) if match else ""
+    if key == ALL_STAGES or key.startswith(ALL_STAGES + "."):
+      dashes, no, _, value = match.groups()
+      key = key[len(ALL_STAGES) + 1:]
+      if not key:
+        raise ConfigError(f"{arg}: name a key, e.g. --config.all_stages.optim.lr=0.1")
+      if not staged:
+        raise ConfigError(f"--config.all_stages.{key}: {spec} has no stages; "
+                          f"write --config.{key}")
+      have = [s for s in trained if has_key(config.stages[s], key)]
+      if not have:
+        guess = next(filter(None, (closest_key(config.stages[s], key) for s in trained)), "")
+        raise ConfigError(f"unknown config key 'all_stages.{key}'"
+                          + (f"; did you mean 'all_stages.{guess}'?" if guess else ""))
+      missing = [s for s in trained if s not in have]
+      if missing:
+        raise ConfigError(
+            f"--config.all_stages.{key}: stage{'s' * (len(missing) > 1)} {', '.join(missing)} "
+            f"{'have' if len(missing) > 1 else 'has'} no {key}; write "
+            + " ".join(f"--config.stages.{s}.{key}" for s in have))
+      if value is None and i < len(argv) and not argv[i].startswith("-"):
+        value, i = "=" + argv[i], i + 1  # `--config.all_stages.KEY VALUE`
+      for s in trained:
+        out.append(f"{dashes}{no or ''}config.stages.{s}.{key}{value or ''}")
+        renamed[f"stages.{s}.{key}"] = f"{ALL_STAGES}.{key}"
+      continue
+    if match and staged and key.split(".")[0] not in config:
+      raise ConfigError(_stage_key_hint(config, spec, order, trained, key))
+    out.append(arg)
+  return out, renamed
+
+
+def _stage_key_hint(config, spec: str, order: list[str], trained: list[str], key: str) -> str:
+  """What to write instead of `--config.KEY` on a staged config (a stage's key)."""
+  from ptft_jax.config.keys import closest_key, has_key
+
+  head = f"{spec} has stages {', '.join(order)}"
+  have = [s for s in trained if has_key(config.stages[s], key)]
+  if have and len(have) < len(trained):
+    return (f"{head}: write --config.stages.{have[0] if len(have) == 1 else '<stage>'}.{key} "
+            f"(only stage{'s' * (len(have) > 1)} {', '.join(have)} "
+            f"{'have' if len(have) > 1 else 'has'} {key})")
+  if have:
+    return (f"{head}: write --config.stages.<stage>.{key} "
+            f"(or --config.all_stages.{key}=... for every stage)")
+  guess = next(filter(None, (closest_key(config.stages[s], key) for s in trained)), "")
+  if not guess:
+    return (f"{head}: no stage has {key!r}; write --config.stages.<stage>.KEY "
+            "(or --config.all_stages.KEY=... for every stage)")
+  return (_stage_key_hint(config, spec, order, trained, guess)
+          + f"; no stage has {key!r}; did you mean {guess!r}?")
+
+
+def _describe(e: BaseException, argv, renamed: dict[str, str] | None = None) -> str:
   text = str(e).replace("\\'", "'").replace("\\n", "\n")
   bad_value = re.match(r"flag --config\.(\S+?)=(.*?): (.*)", text)
   if bad_value:  # a value of the wrong type
     key, value, reason = bad_value.groups()
+    key = (renamed or {}).get(key, key)  # the --config.all_stages flag the user wrote
     return f"config.{key}: cannot use {value!r} ({reason.strip().splitlines()[0]})"
   hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
   if hint:  # ml_collections' suggestion for one component of an override key

@@ -2,6 +2,7 @@
 
   defaults.py  base_config(): every key a stage may set, with its default
   args.py      parse_arg("tiny,seed=3", tiny=False, seed=0) for `get_config(arg)`
+  keys.py      dotted keys: has_key, closest_key / suggest_key (did-you-mean)
   workdir.py   <workdir>/config.json: written on a fresh run, compared on resume
 
 May import: ptft_jax.errors, ptft_jax.utils, ptft_jax.train.checkpoint (late, to see

@@ -1,6 +1,5 @@
 """The workdir's saved config: `<workdir>/config.json` written, compared on resume, moved aside."""
 
-import difflib
 import json
 import os
 import time
@@ -11,6 +10,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from ptft_jax.config.defaults import base_config
+from ptft_jax.config.keys import suggest_key  # noqa: F401 -- kept importable from here
 from ptft_jax.errors import ConfigError
 from ptft_jax.utils import write_json_atomic
 
@@ -112,23 +112,3 @@ def write_or_check_workdir_config(config: ml_collections.ConfigDict, workdir: st
     os.makedirs(workdir, exist_ok=True)
     write_json_atomic(path, to_dict(config), sort_keys=True)
   return moved
-
-
-def suggest_key(config: ml_collections.ConfigDict, dotted: str) -> str:
-  """'did you mean optim.lr?' for a mistyped dotted key, or ''."""
-  keys = list(_flat_keys(config))
-  close = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.6)
-  if not close:
-    last = dotted.split(".")[-1]
-    close = [k for k in keys if k.split(".")[-1] == last][:1] or difflib.get_close_matches(
-        last, [k.split(".")[-1] for k in keys], n=1)
-    close = [k for k in keys if close and k.split(".")[-1] == close[0].split(".")[-1]][:1]
-  return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _flat_keys(config, prefix=""):
-  for k, v in config.items():
-    if isinstance(v, ml_collections.ConfigDict):
-      yield from _flat_keys(v, f"{prefix}{k}.")
-    else:
-      yield f"{prefix}{k}"

@@ -10,7 +10,8 @@ train step serves pretraining and fine-tuning alike:
 
 and two attributes: `head_name` (the head it trains) and `uses_labels` (False
 for pretraining tasks: their batches are stripped of labels before the model
-sees them). New tasks add a builder to their module's `BUILDERS` (collected in tasks/__init__.py).
+sees them). New tasks add a builder to their module's `BUILDERS` and the `config.task` keys
+it reads to `READS` (both collected in tasks/__init__.py).
 """
 
 import dataclasses
@@ -194,4 +195,14 @@ BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Any], tuple[Any, nn.Mod
     "classification": _classification,
     "autoencoder": _autoencoder,
     "contrastive": _contrastive,
+}
+
+# name -> the `config.task` keys its builder reads (besides `name`). A key outside this list
+# that differs from base_config()'s default is refused (tasks.check_task_keys): a locked
+# config must not accept a setting that nothing reads.
+READS: dict[str, tuple[str, ...]] = {
+    "classification": ("label_smoothing", "augment", "mixup_alpha", "head_hidden_sizes",
+                       "head_dropout_rate"),
+    "autoencoder": ("noise", "dropout", "head_hidden_sizes"),
+    "contrastive": ("temperature", "augment", "projection_hidden", "projection_dim"),
 }

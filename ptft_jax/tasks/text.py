@@ -305,3 +305,11 @@ BUILDERS = {
     "text_classification": _text_classification,
     "text_regression": _text_regression,
 }
+
+# name -> the `config.task` keys its builder reads (see image.READS).
+READS = {
+    "masked_lm": ("mask_rate", "max_predictions_per_seq", "layer_norm_eps"),
+    "causal_lm": ("tied",),
+    "text_classification": ("label_smoothing", "pooling", "head_dropout_rate"),
+    "text_regression": ("pooling", "head_dropout_rate"),
+}

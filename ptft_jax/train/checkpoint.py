@@ -277,11 +277,80 @@ def transfer(
 
 
 def format_report(report: dict[str, list[str]]) -> str:
+  """`transfer`'s report in a few lines: each status as the largest subtrees that hold it.
+
+  `prefix/**` stands for every leaf under `prefix` (with its leaf count when the
+  line names several groups). A prefix below the collection and module level
+  (`params/backbone/layer_3`, not `params/backbone`) whose leaves differ in status
+  is unexpected: its leaves are named one by one and a last line names the prefix.
+  The full lists stay in `<workdir>/transfer_report.json`.
+  """
+  loaded = dict.fromkeys(report["loaded"], "loaded")
+  # Two trees: the model's leaves are loaded or initialized, the source's loaded or ignored.
+  groups, partial = _status_groups(loaded | dict.fromkeys(report["initialized"], "initialized"))
+  source_groups, source_partial = _status_groups(loaded | dict.fromkeys(report["ignored"],
+                                                                        "ignored"))
+  groups["ignored"] = source_groups.get("ignored", [])
   lines = []
   for key in ("loaded", "initialized", "ignored"):
-    paths = report[key]
-    lines.append(f"  {key} ({len(paths)}): " + (", ".join(paths) if paths else "-"))
+    items = groups.get(key, [])
+    labels = [label if n == 1 else f"{label}/**" + (f" ({n})" if len(items) > 1 else "")
+              for label, n in items]
+    lines.append(f"  {key} {len(report[key])}" + (": " + ", ".join(labels) if labels else ""))
+  partial = sorted(set(partial) | set(source_partial))
+  if partial:
+    lines.append("  partly loaded (path by path above): " + ", ".join(partial))
   return "\n".join(lines)
+
+
+def _status_groups(status: dict[str, str]) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
+  """({status: [(path or subtree prefix, leaf count)]}, [partly-one-status prefixes])."""
+  tree: dict = {}
+  for path, value in status.items():
+    *parents, leaf = path.split("/")
+    node = tree
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  groups: dict[str, list[tuple[str, int]]] = {}
+  partial: list[str] = []
+
+  def leaves(node, parts):
+    for key in sorted(node):
+      if isinstance(node[key], dict):
+        yield from leaves(node[key], parts + [key])
+      else:
+        yield "/".join(parts + [key]), node[key]
+
+  def walk(node, parts):
+    found = list(leaves(node, parts))
+    kinds = {kind for _, kind in found}
+    if parts and len(kinds) == 1:
+      if len(found) == 1:
+        groups.setdefault(found[0][1], []).append((found[0][0], 1))
+        return
+      # Descend through single-child levels so the label names what it holds
+      # (params/heads/classifier/classifier/**, not params/heads/**).
+      while len(node) == 1 and isinstance(only := next(iter(node.values())), dict):
+        parts, node = parts + [next(iter(node))], only
+      groups.setdefault(kinds.pop(), []).append(("/".join(parts), len(found)))
+      return
+    # "params" / "model_state/<collection>" and the module under it (backbone, heads)
+    # are where statuses are expected to split; below that a split is worth a look.
+    collection = {"params": 1, "model_state": 2}.get(parts[0], 0) if parts else 0
+    if len(parts) > collection + 1:
+      partial.append("/".join(parts))
+      for path, kind in found:
+        groups.setdefault(kind, []).append((path, 1))
+      return
+    for key in sorted(node):
+      if isinstance(node[key], dict):
+        walk(node[key], parts + [key])
+      else:
+        groups.setdefault(node[key], []).append(("/".join(parts + [key]), 1))
+
+  walk(tree, [])
+  return groups, partial
 
 
 def save_pretrained(workdir: str, params: dict, *, config: dict | None = None,

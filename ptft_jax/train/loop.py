@@ -228,9 +228,11 @@ def _transfer(config: ml_collections.ConfigDict, workdir: str, params, model_sta
   loaded, report = checkpoint.transfer(
       {"params": params, "model_state": model_state}, pretrained,
       load=tuple(config.init.load), skip=tuple(config.init.skip))
-  say(f"transfer from {source} (step {src_step}):\n" + checkpoint.format_report(report))
+  path = os.path.join(workdir, "transfer_report.json")
+  say(f"transfer from {source} (step {src_step}; every path in {path}):\n"
+      + checkpoint.format_report(report))
   if jax.process_index() == 0:
-    write_json_atomic(os.path.join(workdir, "transfer_report.json"), report)
+    write_json_atomic(path, report)
   return loaded["params"], loaded["model_state"]
 
 
