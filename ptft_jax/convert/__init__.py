@@ -1,9 +1,12 @@
 """Weight converters from other frameworks' checkpoints (safetensors, no torch).
 
-  load_hf_bert / load_hf_bert_heads / export_hf_bert: Hugging Face BERT
-    (`ptft_jax.convert.hf_bert`).
+  load_hf_bert / load_hf_bert_heads / export_hf_bert / export_hf_classifier:
+    Hugging Face BERT (`ptft_jax.convert.hf_bert`).
+  export_run: a fine-tuned text classifier run -> HF BertForSequenceClassification
+    (`ptft_jax.convert.run_export`).
   minilm_dir: a real BERT (all-MiniLM-L6-v2) for tests (`ptft_jax.convert.minilm`).
-  CLI: `python -m ptft_jax.convert hf-bert --src DIR --workdir OUT`.
+  CLI: `python -m ptft_jax.convert hf-bert --src DIR --workdir OUT`,
+       `python -m ptft_jax.convert export-hf --workdir RUN --out DIR`.
 
 Attributes are imported lazily, so `python -m ptft_jax.convert.minilm` stays
 light (no jax import).
@@ -13,6 +16,8 @@ import importlib
 
 _EXPORTS = {
   "export_hf_bert": "hf_bert",
+  "export_hf_classifier": "hf_bert",
+  "export_run": "run_export",
   "load_hf_bert": "hf_bert",
   "load_hf_bert_heads": "hf_bert",
   "minilm_dir": "minilm",

@@ -1,8 +1,15 @@
-"""CLI: `python -m ptft_jax.convert hf-bert --src DIR --workdir OUT [--debug]`.
+"""CLI: Hugging Face BERT in and out.
 
-Reads a HF BERT directory (config.json, model.safetensors, vocab.txt), checks
-it strictly and writes a pretrained workdir (backbone + any MLM/NSP heads, and
-vocab.txt). User mistakes print one line and exit with status 2.
+  python -m ptft_jax.convert hf-bert --src DIR --workdir OUT
+      reads a HF BERT directory (config.json, model.safetensors, vocab.txt),
+      checks it strictly and writes a pretrained workdir (backbone + any
+      MLM/NSP heads, and vocab.txt).
+  python -m ptft_jax.convert export-hf --workdir RUN --out DIR [--checkpoint latest|best|N]
+      writes a fine-tuned text classifier run (text_classification on a bert
+      backbone) as a BertForSequenceClassification directory that
+      transformers' AutoModelForSequenceClassification.from_pretrained(DIR) loads.
+
+User mistakes print one line (`error: ...`) and exit with status 2; --debug shows tracebacks.
 """
 
 import argparse
@@ -21,6 +28,16 @@ def _hf_bert(args: argparse.Namespace) -> None:
         f"{heads_note} -> {args.workdir}")
 
 
+def _export_hf(args: argparse.Namespace) -> None:
+  from ptft_jax.convert import run_export  # Lazy: keeps `--help` fast.
+
+  done = run_export.export_run(args.workdir, args.out, args.checkpoint)
+  hf = done.hf_config
+  print(f"exported {args.workdir} (checkpoint {done.checkpoint}, step {done.step}; "
+        f"{hf['num_hidden_layers']} layers, hidden {hf['hidden_size']}, labels "
+        f"{list(hf['label2id'])}) -> {args.out} ({hf['architectures'][0]})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m ptft_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,13 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   hf.add_argument("--src", required=True, help="dir with config.json + model.safetensors")
   hf.add_argument("--workdir", required=True, help="output workdir")
   hf.add_argument("--debug", action="store_true", help="show tracebacks")
+  out = commands.add_parser(
+      "export-hf", help="fine-tuned text classifier run -> HF BertForSequenceClassification dir")
+  out.add_argument("--workdir", required=True, help="the run (text_classification on bert)")
+  out.add_argument("--out", required=True, help="output directory (created)")
+  out.add_argument("--checkpoint", default="latest", help="latest (default), best or a step")
+  out.add_argument("--debug", action="store_true", help="show tracebacks")
   args = parser.parse_args(argv)
   try:
-    {"hf-bert": _hf_bert}[args.command](args)
+    {"hf-bert": _hf_bert, "export-hf": _export_hf}[args.command](args)
   except (UserError, NotImplementedError) as e:
     if args.debug:
       raise
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
     return 2 if isinstance(e, UserError) else 1
   return 0
 

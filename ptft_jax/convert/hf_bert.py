@@ -1,7 +1,8 @@
 """Hugging Face BERT <-> ptft_jax BertEncoder params (safetensors only, no torch).
 
 A HF BERT directory holds `config.json`, `model.safetensors` and usually
-`vocab.txt`. Tensor names may carry a `bert.` prefix (BertForPreTraining,
+`vocab.txt` (an exported classifier also `tokenizer_config.json` and
+`special_tokens_map.json`). Tensor names may carry a `bert.` prefix (BertForPreTraining,
 BertForMaskedLM) or not (BertModel, sentence-transformers). HF Linear weights
 are `[out, in]`; our Dense kernels are `[in, out]`.
 
@@ -29,6 +30,10 @@ from ptft_jax.models.transformer import BertEncoder, TransformerConfig
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.txt"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                  "cls_token": "[CLS]", "mask_token": "[MASK]"}
 
 Params = dict[str, Any]
 
@@ -411,3 +416,97 @@ def export_hf_bert(
   if vocab_file is not None:
     shutil.copyfile(vocab_file, os.path.join(out_dir, VOCAB_FILE))
 
+
+
+def _vocab_ids(path: str) -> dict[str, int]:
+  with open(path, encoding="utf-8") as f:
+    return {line.rstrip("\n"): i for i, line in enumerate(f)}
+
+
+def _write_json(path: str, obj) -> None:
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2)
+    f.write("\n")
+
+
+def export_hf_classifier(
+    config: TransformerConfig,
+    params: Mapping[str, Any],
+    classifier: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    label_names: list[str],
+    vocab_file: str | os.PathLike,
+    lowercase: bool,
+    classifier_dropout: float = 0.1,
+) -> dict[str, Any]:
+  """Writes a `BertForSequenceClassification` directory for HF transformers.
+
+  `AutoModelForSequenceClassification.from_pretrained(out_dir)` and
+  `AutoTokenizer.from_pretrained(out_dir)` load the result: `config.json`
+  (with `id2label` / `label2id`), `model.safetensors` (`bert.*`, `classifier.*`),
+  `vocab.txt`, `tokenizer_config.json` and `special_tokens_map.json`. HF pools
+  with the tanh pooler, as SequenceClassificationHead(pooling="cls") on a
+  backbone with a pooler does, so the logits are the same.
+
+  Args:
+    config: a BERT config with `pooler=True`.
+    params: backbone params, including `pooler/dense`.
+    classifier: the head's Dense: `{"kernel": [hidden, num_labels], "bias": [num_labels]}`.
+    out_dir: created if needed; existing files of the same names are replaced.
+    label_names: one distinct name per class, in class-id order.
+    vocab_file: the run's vocab.txt (its line count must equal vocab_size).
+    lowercase: whether the tokenizer lower-cases (and strips accents).
+    classifier_dropout: the head's dropout rate (used by HF in training only).
+
+  Returns:
+    The `config.json` written.
+  """
+  if not config.pooler:
+    raise UserError("export to BertForSequenceClassification needs a backbone with the pooler "
+                    "(config.model.pooler=True): HF classifies the tanh-pooled [CLS] state")
+  kernel = np.asarray(classifier["kernel"], np.float32)
+  bias = np.asarray(classifier["bias"], np.float32)
+  if kernel.shape != (config.hidden_size, len(label_names)) or bias.shape != kernel.shape[1:]:
+    raise CheckpointError(
+        f"classifier params {kernel.shape} / {bias.shape} do not match hidden size "
+        f"{config.hidden_size} and {len(label_names)} labels {list(label_names)[:8]}")
+  names = [str(n) for n in label_names]
+  if len(set(names)) != len(names):
+    raise UserError(f"label names are not distinct: {names}; HF's label2id needs one id per name")
+  vocab_file = os.fspath(vocab_file)
+  _check_vocab(vocab_file, config.vocab_size)
+
+  tensors = _export_tensors(config, params, _spec(config), "backbone", "bert.")
+  tensors["classifier.weight"] = np.ascontiguousarray(kernel.T)
+  tensors["classifier.bias"] = np.ascontiguousarray(bias)
+  hf_config = config_to_hf(config)
+  vocab_ids = _vocab_ids(vocab_file)
+  hf_config.update(
+      architectures=["BertForSequenceClassification"],
+      id2label={str(i): n for i, n in enumerate(names)},
+      label2id={n: i for i, n in enumerate(names)},
+      problem_type="single_label_classification",
+      classifier_dropout=float(classifier_dropout),
+      pad_token_id=vocab_ids.get(SPECIAL_TOKENS["pad_token"], 0),
+  )
+  # BertWordPieceTokenizer(lowercase=...) as ptft_jax builds it (clean_text, Chinese
+  # characters split, accents stripped exactly when lower-casing).
+  tokenizer_config = {
+      "tokenizer_class": "BertTokenizer", "do_lower_case": bool(lowercase),
+      "strip_accents": None, "tokenize_chinese_chars": True,
+      "model_max_length": config.max_position_embeddings, **SPECIAL_TOKENS,
+  }
+
+  out_dir = os.fspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  _write_json(os.path.join(out_dir, CONFIG_FILE), hf_config)
+  safetensors.numpy.save_file(
+      dict(sorted(tensors.items())), os.path.join(out_dir, WEIGHTS_FILE),
+      metadata={"format": "pt"})
+  vocab_out = os.path.join(out_dir, VOCAB_FILE)
+  if not (os.path.exists(vocab_out) and os.path.samefile(vocab_file, vocab_out)):
+    shutil.copyfile(vocab_file, vocab_out)
+  _write_json(os.path.join(out_dir, TOKENIZER_CONFIG_FILE), tokenizer_config)
+  _write_json(os.path.join(out_dir, SPECIAL_TOKENS_FILE), SPECIAL_TOKENS)
+  return hf_config

@@ -1,4 +1,8 @@
-"""Model families. `build_model(config, heads)` picks a backbone by `config.model.name`."""
+"""Model families. `build_model(config, heads)` picks a backbone by `config.model.name`.
+
+`bert_encode(config, params, input_ids, attention_mask, token_type_ids)` runs a
+BertEncoder's params as a plain function (e.g. weights from `load_hf_bert`).
+"""
 
 import flax.linen as nn
 import ml_collections
@@ -10,7 +14,7 @@ from ptft_jax.models.heads import ClassifierHead, DecoderHead, ProjectionHead
 from ptft_jax.models.mlp import MlpBackbone
 from ptft_jax.models.resnet import ResNet
 from ptft_jax.models.rnn import RnnBackbone
-from ptft_jax.models.transformer import BertEncoder, GptDecoder, TransformerConfig
+from ptft_jax.models.transformer import BertEncoder, GptDecoder, TransformerConfig, bert_encode
 
 BACKBONES = {"mlp": MlpBackbone, "cnn": CnnBackbone}
 
@@ -55,5 +59,5 @@ def build_model(model_config: ml_collections.ConfigDict, heads: dict[str, nn.Mod
 __all__ = [
     "BACKBONES", "ClassifierHead", "CnnBackbone", "DecoderHead", "MlpBackbone", "Model",
     "ProjectionHead", "build_backbone", "build_model",
-    "ResNet", "RnnBackbone",
+    "ResNet", "RnnBackbone", "bert_encode",
 ]

@@ -103,7 +103,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       donate_argnums=(0,), out_shardings=(layout.state_shardings(state), None))
   eval_step = jax.jit(steps.make_eval_step(model, task, **ft.step_kwargs(train=False)))
   run_evaluation = functools.partial(evaluate, eval_step, task=task, bundle=bundle, mesh=mesh)
-  writer = writers.MetricWriter(workdir, tensorboard=config.train.get("tensorboard", True))
+  writer = writers.MetricWriter(workdir, tensorboard=config.train.get("tensorboard", True),
+                                start_step=int(state["step"]))  # drops rows it will log again
   guard = NonFiniteGuard(nan_policy, config.train.get("max_consecutive_skips", 10))
   saver = _Saver(manager, guard, bundle.train_iterator,
                  meta={"model": config.model.name, "task": config.task.name,

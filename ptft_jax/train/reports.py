@@ -116,10 +116,24 @@ def format_summary(summary: dict) -> str:
 
 
 def read_metrics(workdir: str, split: str = "validation") -> list[dict]:
-  """The records of `<workdir>/metrics.jsonl` for `split`, in order."""
+  """The records of `<workdir>/metrics.jsonl` for `split`, one per step, in order.
+
+  A resumed run drops the rows it logs again (`writers.truncate_metrics`); for
+  files written before that (or by hand) a later row of a step supersedes the
+  earlier ones, and a row torn by a kill mid-write is skipped.
+  """
   path = os.path.join(workdir, "metrics.jsonl")
+  by_step: dict = {}
   with open(path) as f:
-    return [r for r in map(json.loads, f) if r.get("split") == split]
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:  # torn by a kill mid-write
+        continue
+      if record.get("split") == split:
+        by_step.pop(record.get("step"), None)  # re-inserted last: the resumed run's place
+        by_step[record.get("step")] = record
+  return list(by_step.values())
 
 
 def write_validation_curves_png(workdir: str, stages: list[str], out_path: str, key="accuracy"):

@@ -1,6 +1,15 @@
 """Metric writers: metrics.jsonl (one JSON object per logged step) and TensorBoard events.
 
 Only process 0 writes; the others get a writer that drops everything.
+
+A resumed run repeats the steps between its checkpoint and the kill, and logs
+them again. So a writer told the step the loop starts from (`start_step`)
+first drops the rows a restarted run will write again: those with a step
+beyond it, and the `final_*` rows (the final evaluation always runs again).
+metrics.jsonl then holds each (split, step) once. TensorBoard event files are
+append-only and cannot be truncated; the writer opens them with
+`purge_step=start_step + 1`, which makes TensorBoard hide the older events of
+the repeated steps (other event readers see them twice).
 """
 
 import json
@@ -10,26 +19,77 @@ import time
 import jax
 import numpy as np
 
+from ptft_jax.utils import write_text_atomic
+
 
 def _scalar(v):
   v = np.asarray(jax.device_get(v))
   return float(v) if v.ndim == 0 else v.tolist()
 
 
-class MetricWriter:
-  """Appends `{"step": s, "split": ..., metrics...}` lines and TensorBoard scalars."""
+METRICS_FILE = "metrics.jsonl"
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+
+def _kept(line: str, start_step: int) -> bool:
+  """Whether a metrics.jsonl line survives a restart from `start_step`."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return False  # a row torn by a kill mid-write
+  if not isinstance(record, dict):
+    return True
+  split = str(record.get("split", ""))
+  step = record.get("step")
+  if split.startswith("final_"):  # the restarted run evaluates again at its end
+    return False
+  return not isinstance(step, int) or step <= start_step
+
+
+def truncate_metrics(path: str, start_step: int) -> int:
+  """Drops the rows of `path` that a run restarting after `start_step` writes again.
+
+  Those are rows with `step > start_step`, every `final_*` row and a torn last
+  row; the others are kept byte for byte. The file is replaced atomically
+  (`write_text_atomic`), so a kill leaves the old or the new one. Returns how
+  many rows were dropped (0 when the file is missing).
+  """
+  if not os.path.isfile(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  if lines and not lines[-1].endswith("\n"):
+    lines[-1] += "\n"  # a torn row still counts as one line to judge
+  kept = [ln for ln in lines if not ln.strip() or _kept(ln, start_step)]
+  if len(kept) == len(lines):
+    return 0
+  write_text_atomic(path, "".join(kept))
+  return len(lines) - len(kept)
+
+
+class MetricWriter:
+  """Appends `{"step": s, "split": ..., metrics...}` lines and TensorBoard scalars.
+
+  With `start_step` (the step the loop starts from: 0, or the restored step),
+  rows a restarted run writes again are dropped first (`truncate_metrics`).
+  Without it the file is only appended to.
+  """
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True, start_step: int | None = None):
     self.enabled = jax.process_index() == 0
     self._tb = None
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+    path = os.path.join(workdir, METRICS_FILE)
+    if start_step is not None:
+      truncate_metrics(path, int(start_step))
+    self._jsonl = open(path, "a")  # noqa: SIM115
     if tensorboard:
       from tensorboardX import SummaryWriter  # imported late: it is slow to import
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      # purge_step: TensorBoard hides the events of steps >= it from earlier sessions.
+      purge = None if start_step is None else int(start_step) + 1
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
 
   def write(self, step: int, metrics: dict, *, split: str = "train") -> dict:
     scalars = {k: _scalar(v) for k, v in metrics.items()}

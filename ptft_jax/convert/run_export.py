@@ -1,0 +1,170 @@
+"""A fine-tuned ptft_jax text classifier run -> a Hugging Face BertForSequenceClassification dir.
+
+What `python -m ptft_jax.convert export-hf --workdir RUN --out DIR` does. The
+run's `config.json` gives the model (a `bert` backbone) and the task
+(`text_classification`), `labels.json` the class names and the vocabulary, and
+`checkpoints/` (or `best/`) the weights. A LoRA run's latest checkpoint has
+its adapters merged first.
+
+convert may not import ptft_jax.inference (tests/unit/test_layout.py), so the
+checkpoint choice below mirrors `inference.predictor.resolve_checkpoint`.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from ptft_jax.convert import hf_bert
+from ptft_jax.data import labels_json
+from ptft_jax.errors import CheckpointError, ConfigError, UserError
+from ptft_jax.models.transformer import TransformerConfig
+from ptft_jax.train import checkpoint, early_stopping, finetune
+
+RUN_CONFIG_FILE = "config.json"
+HEAD = "classifier"  # TextClassification.head_name; its Dense is also named "classifier"
+
+
+@dataclasses.dataclass
+class Exported:
+  """What `export_run` wrote: the checkpoint step it read and the HF config."""
+
+  step: int
+  checkpoint: str  # "latest", "best" or the step
+  hf_config: dict
+
+
+def _read_run_config(workdir: str) -> dict[str, Any]:
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise ConfigError(f"--workdir {workdir}: no {RUN_CONFIG_FILE} (not a ptft_jax run; for a "
+                      "staged config, name one stage's directory, e.g. RUN/<stage>)")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path}: cannot parse: {(str(e).splitlines() or ['?'])[0]}") from None
+
+
+def _check_run(workdir: str, config: dict[str, Any]) -> None:
+  """One-line errors for runs that are not a BERT text classifier with a cls-pooled head."""
+  if "stages" in config:
+    raise ConfigError(f"--workdir {workdir} holds a staged run; name one stage's directory, "
+                      f"one of {sorted(config['stages'])}")
+  task = config.get("task", {}).get("name")
+  if task != "text_classification":
+    raise ConfigError(f"--workdir {workdir}: task {task!r} is not 'text_classification'; "
+                      "export-hf writes BertForSequenceClassification from a fine-tuned text "
+                      "classifier run")
+  model = config.get("model", {}).get("name")
+  if model != "bert":
+    raise ConfigError(f"--workdir {workdir}: model {model!r} is not 'bert'; export-hf "
+                      "writes BERT (config.model.name='bert') runs only")
+  pooling = config["task"].get("pooling", "cls")
+  if pooling != "cls":
+    raise ConfigError(f"--workdir {workdir}: config.task.pooling={pooling!r} has no HF "
+                      "BertForSequenceClassification equivalent (it pools the [CLS] state with "
+                      "the tanh pooler); export-hf needs pooling='cls'")
+
+
+def _transformer_config(workdir: str, model: dict[str, Any]) -> TransformerConfig:
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items() if k != "name"}
+  try:
+    return TransformerConfig(**fields)
+  except TypeError as e:
+    raise ConfigError(f"--workdir {workdir}: config.model is not a TransformerConfig: "
+                      f"{e}") from None
+
+
+def _resolve(workdir: str, which: str) -> tuple[str, int]:
+  """`latest` | `best` | a step -> (checkpoint workdir, step)."""
+  if which == "best":
+    best = os.path.join(workdir, early_stopping.BEST_DIR)
+    steps = checkpoint.complete_steps(best)
+    if not steps:
+      raise CheckpointError(
+          f"--checkpoint=best: {workdir} has no best checkpoint ({best} is missing; the run "
+          "needs config.train.early_stopping.metric); use --checkpoint=latest or a step")
+    return best, steps[-1]
+  steps = checkpoint.complete_steps(workdir)
+  if which == "latest":
+    if not steps:
+      raise CheckpointError(f"--workdir {workdir}: no complete checkpoint in "
+                            f"{checkpoint.checkpoint_dir(workdir)}")
+    return workdir, steps[-1]
+  if not which.isdigit():
+    raise ConfigError(f"--checkpoint={which!r}: use latest, best or a step number")
+  if int(which) not in steps:
+    raise CheckpointError(f"--checkpoint={which}: no such complete step in "
+                          f"{checkpoint.checkpoint_dir(workdir)}; it has steps {steps}")
+  return workdir, int(which)
+
+
+def _load_params(workdir: str, which: str) -> tuple[dict, int]:
+  """The run's params (LoRA adapters merged) as host numpy arrays, and the step."""
+  where, step = _resolve(workdir, which)
+  loaded, _ = checkpoint.load_params(where, step=step)
+  params = loaded["params"]
+  if "lora" in params:  # adapters beside the base kernels: merge with the run's alpha
+    if step != checkpoint.complete_steps(where)[-1]:
+      raise CheckpointError(
+          f"--checkpoint={which}: step {step} of this LoRA run holds unmerged adapters; "
+          "export --checkpoint=latest or --checkpoint=best")
+    loaded, _ = finetune.load_pretrained(where)
+    params = loaded["params"]
+  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), step
+
+
+def _labels_and_vocab(workdir: str, config: dict[str, Any], num_classes: int):
+  """(label names, vocab.txt path, lowercase) from labels.json, else from config.json."""
+  record = labels_json.read_labels_json(workdir) or {}
+  tokenizer = config.get("data", {}).get("tokenizer", {})
+  names = [str(n) for n in record.get("label_names", ())]
+  if len(names) != num_classes:  # runs older than labels.json name classes by id
+    names = [str(i) for i in range(num_classes)]
+  # labels.json names the run's own copy relative to the run (older runs: an absolute path).
+  vocab = record.get("vocab") or tokenizer.get("vocab", "")
+  vocab = os.path.join(workdir, vocab) if vocab else ""
+  if not vocab or not os.path.isfile(vocab):
+    raise CheckpointError(
+        f"--workdir {workdir}: the run's vocab.txt {vocab or '(none recorded)'} is not there "
+        f"({labels_json.LABELS_FILE} 'vocab', config.data.tokenizer.vocab); export-hf copies it")
+  lowercase = bool(record.get("lowercase", tokenizer.get("lowercase", True)))
+  return names, vocab, lowercase
+
+
+def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike,
+               which: str | int = "latest") -> Exported:
+  """Writes run `workdir`'s checkpoint `which` as a HF BertForSequenceClassification directory.
+
+  Args:
+    workdir: a `text_classification` run on a `bert` backbone with
+      `config.task.pooling='cls'` (e.g. `configs/glue.py:task=sentiment,model=tiny`).
+    out_dir: the HF directory (see `hf_bert.export_hf_classifier`); must not be
+      the run itself.
+    which: `latest`, `best` or a step number.
+
+  Raises one-line UserErrors for other runs, missing checkpoints or vocabularies.
+  """
+  workdir = os.path.abspath(os.fspath(workdir))
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  if out_dir == workdir or os.path.isdir(checkpoint.checkpoint_dir(out_dir)):
+    raise UserError(f"--out {out_dir} is a run directory; choose a new directory for the export")
+  config = _read_run_config(workdir)
+  _check_run(workdir, config)
+  model_config = _transformer_config(workdir, config["model"])
+  which = str(which)
+  params, step = _load_params(workdir, which)
+  head = params.get("heads", {}).get(HEAD, {}).get(HEAD)
+  if head is None:
+    raise CheckpointError(f"--workdir {workdir}: the checkpoint has no heads/{HEAD}/{HEAD} "
+                          "params (not a text classifier's checkpoint)")
+  names, vocab, lowercase = _labels_and_vocab(workdir, config, int(np.shape(head["bias"])[0]))
+  hf_config = hf_bert.export_hf_classifier(
+      model_config, params["backbone"], head, out_dir, label_names=names, vocab_file=vocab,
+      lowercase=lowercase,
+      classifier_dropout=float(config["task"].get("head_dropout_rate", 0.1)))
+  return Exported(step=step, checkpoint=which, hf_config=hf_config)
