@@ -104,7 +104,7 @@ def get_config(arg: str = "task=sst2"):
     regression, steps = args["regression"], 500
     d.source, d.dataset = "jsonl", task
     if task == "sentiment":
-      d.files = {s: text.example_path("sentiment", s) for s in ("train", "validation", "test")}
+      d.files = {s: text.example_name("sentiment", s) for s in ("train", "validation", "test")}
     else:
       d.files = dict(train=args["train"], validation=args["validation"], test=args["test"])
       c.eval_splits = ("validation", "test") if args["test"] else ("validation",)

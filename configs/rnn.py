@@ -64,7 +64,7 @@ def _data(args: dict, fmt: str) -> ml_collections.ConfigDict:
     raise ValueError(f"dataset={args['dataset']!r}: choose '' (offline) or imdb_reviews")
   elif fmt == "labeled":
     d.source, d.dataset = "jsonl", "sentiment"
-    d.files = {s: text.example_path("sentiment", s) for s in ("train", "validation", "test")}
+    d.files = {s: text.example_name("sentiment", s) for s in ("train", "validation", "test")}
   return d
 
 

@@ -1,29 +1,40 @@
 """`<workdir>/labels.json`: what prediction needs to know about a run's data.
 
 Written when training starts (class names, input format, tokenizer), read by
-ptft_jax.inference to rebuild the task without reading any data.
+ptft_jax.inference to rebuild the task without reading any data. A run directory is
+self-contained: a text run's vocabulary is copied to `<workdir>/vocab.txt` and
+labels.json names it relative to the workdir, so the run can move, and the data dir
+(the vocabulary cache) can go. Runs written before that hold an absolute path; it is
+used as it is.
 """
 
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
 import ml_collections
 
+from ptft_jax.data.sources import read_user_text
+from ptft_jax.errors import DataError
 from ptft_jax.utils import write_json_atomic
 
 LABELS_FILE = "labels.json"
+VOCAB_FILE = "vocab.txt"  # a text run's vocabulary, copied into the workdir
 
 
 def label_record(config: ml_collections.ConfigDict, info: Any) -> dict:
-  """What prediction needs to know about the data: class names and the input format."""
+  """What prediction needs to know about the data: class names and the input format.
+
+  A text run's "vocab" is `VOCAB_FILE`, relative to the workdir (see `write_labels_json`).
+  """
   from ptft_jax.data.text import TextInfo
 
   if isinstance(info, TextInfo):
     return {"kind": "text", "dataset": info.name, "format": info.format,
             "label_type": info.label_type, "label_names": list(info.label_names),
-            "seq_len": info.seq_len, "vocab": info.vocab.path,
+            "seq_len": info.seq_len, "vocab": VOCAB_FILE,
             "lowercase": bool(config.data.tokenizer.get("lowercase", True))}
   return {"kind": "image", "dataset": info.name, "label_type": "class",
           "label_names": [str(n) for n in getattr(info, "label_names", ())],
@@ -31,9 +42,21 @@ def label_record(config: ml_collections.ConfigDict, info: Any) -> dict:
 
 
 def write_labels_json(workdir: str, config: ml_collections.ConfigDict, info: Any) -> None:
-  """Writes `<workdir>/labels.json` (process 0, atomically) so outputs speak in names."""
-  if jax.process_index() == 0:
-    write_json_atomic(os.path.join(workdir, LABELS_FILE), label_record(config, info))
+  """Writes `<workdir>/labels.json` (process 0, atomically) so outputs speak in names.
+
+  A text run's vocabulary is copied to `<workdir>/vocab.txt` first (atomically), so
+  predictions never depend on the data dir or the path the vocabulary came from.
+  """
+  if jax.process_index() != 0:
+    return
+  vocab = getattr(info, "vocab", None)
+  if vocab is not None:
+    target = os.path.join(workdir, VOCAB_FILE)
+    if os.path.abspath(vocab.path) != os.path.abspath(target):
+      tmp = f"{target}.tmp.{os.getpid()}"
+      shutil.copyfile(vocab.path, tmp)
+      os.replace(tmp, target)
+  write_json_atomic(os.path.join(workdir, LABELS_FILE), label_record(config, info))
 
 
 def read_labels_json(workdir: str) -> dict | None:
@@ -41,19 +64,28 @@ def read_labels_json(workdir: str) -> dict | None:
   path = os.path.join(workdir, LABELS_FILE)
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    return json.loads(read_user_text(path, LABELS_FILE))
+  except ValueError as e:
+    raise DataError(f"{path}: unreadable ({e}); it is written when training starts: "
+                    "restore it from the run") from None
 
 
-def info_from_record(record: dict) -> Any:
-  """The dataset info `tasks.build_task` needs, from labels.json (no data is read)."""
+def info_from_record(record: dict, workdir: str = "") -> Any:
+  """The dataset info `tasks.build_task` needs, from labels.json (no data is read).
+
+  A relative "vocab" is taken from `workdir`; an absolute one (runs written before
+  the vocabulary was copied into the workdir) as it is.
+  """
   if record["kind"] == "text":
     from ptft_jax.data.text import TextInfo, load_tokenizer
 
-    _, vocab = load_tokenizer(record["vocab"], bool(record["lowercase"]))
+    path = os.path.join(workdir, record["vocab"])
+    _, vocab = load_tokenizer(path, bool(record["lowercase"]))
     return TextInfo(name=record["dataset"], format=record["format"], seq_len=record["seq_len"],
                     vocab=vocab, nsp=False, label_type=record["label_type"],
-                    label_names=tuple(record["label_names"]))
+                    label_names=tuple(record["label_names"]),
+                    lowercase=bool(record["lowercase"]))
   from ptft_jax.data.sources import DatasetInfo
 
   names = list(record["label_names"])

@@ -3,9 +3,13 @@
 Every dataset is read with `builder.as_data_source` (array_record files, no
 TensorFlow). Only embedded datasets (`digits`) are prepared automatically;
 anything else must already be in the data_dir, and nothing is ever downloaded.
+
+Also the one reader of users' text files (`read_user_text`, `user_text_lines`): bytes
+that are not UTF-8 become a one-line DataError naming the file and the line.
 """
 
 import dataclasses
+import io
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -139,3 +143,30 @@ def open_split(
     raise DataError(f"split {split!r} of dataset {dataset!r} in data_dir {data_dir!r} "
                     "is empty; choose another split")
   return source
+
+
+def read_user_text(path: str, what: str) -> str:
+  """The text of a user's UTF-8 file, newlines as `open()` reads them ("\\r\\n" -> "\\n").
+
+  Raises DataError (one line) naming `what` when the file cannot be read, and the
+  file, line and column of the first byte that is not UTF-8.
+  """
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    raise DataError(f"{what}: cannot read {path!r} ({e.strerror})") from None
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    column = e.start - raw.rfind(b"\n", 0, e.start)
+    raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                    f"{column}); save the file as UTF-8 ({what})") from None
+  return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def user_text_lines(path: str, what: str) -> list[str]:
+  """The lines of a user's UTF-8 file (see `read_user_text`), each with its "\\n"."""
+  # Not str.splitlines: it also splits at U+2028 and friends, which JSON strings may hold.
+  return io.StringIO(read_user_text(path, what)).readlines()

@@ -14,7 +14,9 @@ Output: JSONL, one line per input in input order: {"id" (or "line"), "label",
 "probabilities": {name: p}} for classification, {"id", "value"} for regression.
 A bad input (unreadable image, a line without "text", ...) is reported on
 stderr with its line number or file name and skipped; with --strict the
-command exits 2 on the first one. User errors print one line and exit 2.
+command exits 2 on the first one. A file that is not what it claims (bytes that
+are not UTF-8 in the JSONL, an .npy that is no NumPy array of numbers) and other
+user errors print one line and exit 2.
 """
 
 import argparse
@@ -31,24 +33,26 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def read_jsonl(path: str) -> tuple[list[dict], list[str]]:
   """JSONL texts -> ([{"id" or "line", "text", "text_b"}], problems as "path:line: why")."""
+  from ptft_jax.data.sources import user_text_lines
+
   rows, problems = [], []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        problems.append(f"{path}:{n}: not valid JSON ({e.msg})")
-        continue
-      if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-        problems.append(f'{path}:{n}: no "text" string field')
-        continue
-      if obj.get("text_b") is not None and not isinstance(obj["text_b"], str):
-        problems.append(f'{path}:{n}: "text_b" must be a string')
-        continue
-      key = {"id": obj["id"]} if "id" in obj else {"line": n}
-      rows.append({**key, "text": obj["text"], "text_b": obj.get("text_b")})
+  # Bytes that are not UTF-8 fail the whole file (a wrong encoding is rarely one line's).
+  for n, line in enumerate(user_text_lines(path, "--input"), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      problems.append(f"{path}:{n}: not valid JSON ({e.msg})")
+      continue
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+      problems.append(f'{path}:{n}: no "text" string field')
+      continue
+    if obj.get("text_b") is not None and not isinstance(obj["text_b"], str):
+      problems.append(f'{path}:{n}: "text_b" must be a string')
+      continue
+    key = {"id": obj["id"]} if "id" in obj else {"line": n}
+    rows.append({**key, "text": obj["text"], "text_b": obj.get("text_b")})
   return rows, problems
 
 
@@ -85,10 +89,23 @@ def read_array(path: str, shape) -> np.ndarray:
   """An .npy of images [n, h, w, c] (or [n, h, w] when c=1) -> float32 in [0, 1]."""
   from ptft_jax.inference.predictor import to_unit_range
 
+  with open(path, "rb") as f:
+    magic = f.read(6)
+  if magic != b"\x93NUMPY":  # np.load would blame pickling for any other file
+    raise DataError(f"--input {path}: not a NumPy .npy file (no .npy header); save the images "
+                    "with numpy.save")
   try:
-    array = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
+    array = np.load(path, allow_pickle=False)  # never unpickle: a file can run code
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise DataError(f"--input {path}: holds Python objects (dtype object); save a numeric "
+                      "array of images") from None
     raise DataError(f"--input {path}: cannot read the array ({e})") from None
+  except (OSError, EOFError) as e:
+    raise DataError(f"--input {path}: cannot read the array ({e})") from None
+  if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+    raise DataError(f"--input {path}: an array of dtype {array.dtype}; save a numeric array "
+                    "of images")
   given = tuple(array.shape)
   if array.ndim == 3 and shape[-1] == 1:
     array = array[..., None]

@@ -9,11 +9,13 @@ the weights. Nothing here trains or writes into the workdir.
   out = predictor.predict(images)          # float32 [n, h, w, c] in [0, 1]
   out.labels, out.probabilities            # ["3", ...], float32 [n, num_classes]
 
-Text runs take strings (or (text, text_b) pairs / {"text", "text_b"} dicts).
-Shapes are fixed so that `jax.jit` compiles once per shape it sees: every batch
-has `batch_size` rows (zero-padded) and texts are padded to the smallest length
-bucket that holds them (32, 64, 128, ... up to the model's
-`max_position_embeddings`); longer texts are truncated and counted.
+Text runs take strings (or (text, text_b) pairs / {"text", "text_b"} dicts),
+tokenized and truncated exactly as the run's evaluation did (the same
+`examples.tokenize_labeled`, the run's `seq_len`, lowercasing and vocabulary), so
+the same inputs give the same probabilities. Shapes are fixed so that `jax.jit`
+compiles once per shape it sees: every batch has `batch_size` rows (zero-padded)
+and texts are padded to the smallest length bucket that holds them (32, 64, 128,
+... up to the run's `seq_len`); longer texts are truncated and counted.
 """
 
 import dataclasses
@@ -32,6 +34,7 @@ import numpy as np
 from ptft_jax import tasks
 from ptft_jax.config.workdir import CONFIG_FILE
 from ptft_jax.data import labels_json
+from ptft_jax.data.sources import read_user_text
 from ptft_jax.errors import CheckpointError, ConfigError, DataError
 from ptft_jax.models import build_model
 from ptft_jax.optim import lora, precision
@@ -53,8 +56,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise ConfigError(f"--workdir {workdir}: no {CONFIG_FILE} (not a ptft_jax run; for a staged "
                       "config, name one stage's directory, e.g. RUN/<stage>)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    return ml_collections.ConfigDict(json.loads(read_user_text(path, "--workdir")))
+  except ValueError as e:
+    raise ConfigError(f"{path}: unreadable ({e}); it records the run: restore it") from None
 
 
 def resolve_checkpoint(workdir: str, which: str | int = "latest") -> tuple[str, int, str]:
@@ -115,7 +120,7 @@ def load_run(workdir: str, which: str | int = "latest", *, sharding_=None,
 
       info = data.make_data(config.data, seed=config.seed).info
     else:
-      info = labels_json.info_from_record(record)
+      info = labels_json.info_from_record(record, workdir)
   task, heads = tasks.build_task(config, info)
   model = build_model(precision.model_config(config), heads)
   loaded, _ = ckpt.load_params(where, step=step, sharding=sharding_)
@@ -202,11 +207,13 @@ class Predictor:
     if self.text:
       from ptft_jax.data.text import load_tokenizer
 
-      limit = int(run.config.model.get("max_position_embeddings", run.info.seq_len))
+      # The run's seq_len, not the model's max_position_embeddings: evaluation
+      # truncated there, and predictions must see what evaluation saw.
+      limit = int(run.info.seq_len)
       self.max_length = min(int(max_length or limit), limit)
       self.buckets = length_buckets(self.max_length)
       self.tokenizer, self.vocab = load_tokenizer(run.info.vocab.path,
-                                                  bool(run.config.data.tokenizer.lowercase))
+                                                  bool(getattr(run.info, "lowercase", True)))
     self.traces = 0
     self._dtype = precision.compute_dtype(run.config)
     self._forward = jax.jit(self._apply)
@@ -236,23 +243,21 @@ class Predictor:
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
   def encode_texts(self, texts: Sequence[str], pairs: Sequence[str | None] | None = None):
-    """Texts -> ([(row indices, columns int32 [m, bucket])], number truncated)."""
-    from ptft_jax.data.text.examples import encode_labeled
+    """Texts -> ([(row indices, columns int32 [m, bucket])], number truncated).
 
-    pairs = list(pairs) if pairs is not None else [None] * len(texts)
-    inputs = [t if p is None else (t, p) for t, p in zip(texts, pairs, strict=True)]
-    lengths = [len(e.ids) for e in self.tokenizer.encode_batch(inputs)]
-    truncated = sum(n > self.max_length for n in lengths)
-    groups: dict[tuple[int, bool], list[int]] = {}
-    for i, n in enumerate(lengths):
-      bucket = next(b for b in self.buckets if b >= min(n, self.max_length))
-      groups.setdefault((bucket, pairs[i] is not None), []).append(i)
-    encoded = []
-    for (bucket, paired), rows in sorted(groups.items()):
-      columns = encode_labeled(self.tokenizer, self.vocab, [texts[i] for i in rows],
-                               [pairs[i] for i in rows] if paired else None, bucket)
-      encoded.append((np.asarray(rows), columns))
-    return encoded, truncated
+    Tokens as evaluation makes them (`examples.tokenize_labeled` at `max_length`, the
+    run's seq_len), padded to each text's bucket instead of to seq_len.
+    """
+    from ptft_jax.data.text import examples
+
+    encodings, truncated = examples.tokenize_labeled(self.tokenizer, texts, pairs,
+                                                     self.max_length)
+    groups: dict[int, list[int]] = {}
+    for i, e in enumerate(encodings):
+      groups.setdefault(next(b for b in self.buckets if b >= len(e.ids)), []).append(i)
+    return [(np.asarray(rows), examples.pad_encodings([encodings[i] for i in rows], bucket,
+                                                      self.vocab.pad_id))
+            for bucket, rows in sorted(groups.items())], truncated
 
   def predict(self, inputs, *, progress: bool = False) -> Predictions:
     """Predictions for `inputs`, in order.
@@ -334,7 +339,8 @@ def load_predictor(workdir: str, checkpoint: str | int = "latest", *,
   """A `Predictor` for the run in `workdir` at `checkpoint` (latest | best | a step).
 
   Uses every local device (batches are split over them). `max_length` caps
-  the text length (default: the model's `max_position_embeddings`).
+  the text length below the run's `seq_len` (the default; a lower cap makes
+  predictions differ from the run's evaluation on longer texts).
   """
   mesh = sharding.make_mesh({"data": -1}, devices=jax.local_devices())
   run = load_run(workdir, checkpoint, sharding_=sharding.replicated(mesh))

@@ -15,7 +15,14 @@ from ptft_jax.data.text.pipeline import (
     pretraining_iterator,
     text_data,
 )
-from ptft_jax.data.text.sources import CORPUS_FILE, example_path, read_corpus, read_jsonl
+from ptft_jax.data.text.sources import (
+    CORPUS_FILE,
+    example_name,
+    example_path,
+    read_corpus,
+    read_jsonl,
+    resolve_path,
+)
 from ptft_jax.data.text.tokenizer import (
     SPECIAL_TOKENS,
     Vocab,
@@ -29,7 +36,7 @@ bundle.BUILDERS["text"] = text_data
 
 __all__ = [
     "CORPUS_FILE", "FORMATS", "SPECIAL_TOKENS", "TextInfo", "Vocab", "default_config",
-    "example_path", "load_tokenizer", "make_tokenizer", "padded_batches",
+    "example_name", "example_path", "load_tokenizer", "make_tokenizer", "padded_batches",
     "pretraining_config", "pretraining_eval_set", "pretraining_iterator", "read_corpus",
-    "read_jsonl", "text_data", "vocab_file_size", "vocab_is_uncased",
+    "read_jsonl", "resolve_path", "text_data", "vocab_file_size", "vocab_is_uncased",
 ]

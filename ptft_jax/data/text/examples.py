@@ -121,23 +121,56 @@ def packed_row(element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
           "attention_mask": (segments > 0).astype(np.int32)}
 
 
+def tokenize_labeled(
+    tokenizer: tokenizers.Tokenizer, texts: Sequence[str],
+    pairs: Sequence[str | None] | None, seq_len: int,
+) -> tuple[list[tokenizers.Encoding], int]:
+  """[CLS] a [SEP] (b [SEP]), truncated longest-first to `seq_len` tokens, not padded.
+
+  The one encoding of labeled text: evaluation pads it to `seq_len` (`encode_labeled`),
+  prediction to a length bucket (ptft_jax.inference), so both see the same tokens.
+
+  Args:
+    tokenizer: the run's tokenizer (lowercasing as it was loaded).
+    texts: first texts.
+    pairs: second texts (None in a row without one), or None for none at all.
+    seq_len: the run's `config.data.seq_len`.
+
+  Returns:
+    (encodings, how many were longer than `seq_len` and were truncated).
+  """
+  inputs = list(texts) if pairs is None else [
+      t if p is None else (t, p) for t, p in zip(texts, pairs, strict=True)]
+  tokenizer.enable_truncation(seq_len)
+  try:
+    encoded = tokenizer.encode_batch(inputs)
+  finally:
+    tokenizer.no_truncation()
+  return encoded, sum(bool(e.overflowing) for e in encoded)
+
+
+def pad_encodings(encoded: Sequence[tokenizers.Encoding], length: int,
+                  pad_id: int) -> dict[str, np.ndarray]:
+  """Encodings -> {"input_ids", "token_type_ids", "attention_mask"}: int32 [n, length].
+
+  Padding: `pad_id`, token type 0, attention 0 (rows must hold at most `length` tokens).
+  """
+  ids = np.full((len(encoded), length), pad_id, np.int32)
+  types = np.zeros((len(encoded), length), np.int32)
+  mask = np.zeros((len(encoded), length), np.int32)
+  for i, e in enumerate(encoded):
+    n = len(e.ids)
+    ids[i, :n], types[i, :n], mask[i, :n] = e.ids, e.type_ids, e.attention_mask
+  return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
 def encode_labeled(
     tokenizer: tokenizers.Tokenizer, vocab: Vocab, texts: Sequence[str],
     pairs: Sequence[str] | None, seq_len: int,
 ) -> dict[str, np.ndarray]:
-  """[CLS] a [SEP] (b [SEP]), truncated longest-first and padded to `seq_len`.
+  """`tokenize_labeled` padded to `seq_len`: what training and evaluation see.
 
   Returns {"input_ids", "token_type_ids", "attention_mask": int32 [n, seq_len]}.
   """
-  tokenizer.enable_truncation(seq_len)
-  tokenizer.enable_padding(length=seq_len, pad_id=vocab.pad_id, pad_token="[PAD]")
-  try:
-    inputs = list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
-    encoded = tokenizer.encode_batch(inputs)
-  finally:
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-  column = lambda name: np.asarray([getattr(e, name) for e in encoded], np.int32).reshape(
-      len(encoded), seq_len)
-  return {"input_ids": column("ids"), "token_type_ids": column("type_ids"),
-          "attention_mask": column("attention_mask")}
+  encoded, _ = tokenize_labeled(tokenizer, texts, pairs, seq_len)
+  return pad_encodings(encoded, seq_len, vocab.pad_id)

@@ -110,6 +110,7 @@ class TextInfo:
     nsp: batches carry `next_sentence_label` (sentence_pairs).
     label_type: "class", "float" or "" (pretraining).
     label_names: class names ("class").
+    lowercase: the tokenizer lowercases its input (prediction must too).
   """
 
   name: str
@@ -119,6 +120,7 @@ class TextInfo:
   nsp: bool = False
   label_type: str = ""
   label_names: tuple[str, ...] = ()
+  lowercase: bool = True
 
   @property
   def num_classes(self) -> int:
@@ -259,7 +261,7 @@ def _documents(dc, split: str, tokenizer, corpus=None) -> Sequence:
 def _pretraining_data(dc, seed, tokenizer, vocab, shard_index, shard_count) -> bundle.DataBundle:
   nsp = dc.format == "sentence_pairs" and bool(dc.nsp)
   info = TextInfo(name=dc.dataset, format=dc.format, seq_len=int(dc.seq_len), vocab=vocab,
-                  nsp=nsp)
+                  nsp=nsp, lowercase=bool(dc.tokenizer.lowercase))
   corpus = sources.read_corpus(dc.corpus_files) if dc.source == "corpus" else None
   train_docs = _documents(dc, "train", tokenizer, corpus)
   if nsp and len(train_docs) < 2:
@@ -321,7 +323,8 @@ def _labeled_data(dc, seed, tokenizer, vocab, shard_index, shard_count) -> bundl
     label_type = labels.resolve_label_type(dc.label_type, raw)
     names = labels.class_names(raw, dc.label_names) if label_type == "class" else []
   info = TextInfo(name=dc.dataset, format="labeled", seq_len=int(dc.seq_len), vocab=vocab,
-                  label_type=label_type, label_names=tuple(names))
+                  label_type=label_type, label_names=tuple(names),
+                  lowercase=bool(dc.tokenizer.lowercase))
 
   def encode(texts, pairs, raw, where) -> dict[str, np.ndarray]:
     columns = examples.encode_labeled(tokenizer, vocab, texts, pairs, info.seq_len)

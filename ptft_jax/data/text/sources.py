@@ -32,6 +32,7 @@ from ptft_jax.errors import ConfigError, DataError
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 CORPUS_FILE = os.path.join(ASSETS, "corpus", "python_reference.txt")
 SPLITS = ("train", "validation", "test")
+PKG = "pkg://"  # prefix of shipped files' names in configs (see resolve_path)
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]*[A-Z0-9])")
 
 # TFDS modules that register text builders (tfds can't import them all without TensorFlow).
@@ -72,7 +73,7 @@ def document_split(sentences: Sequence[str]) -> str:
 
 def _text_files(paths: Sequence[str]) -> list[str]:
   files = []
-  for path in paths:
+  for path in map(resolve_path, paths):
     if os.path.isdir(path):
       files += sorted(os.path.join(root, f) for root, _, names in os.walk(path)
                       for f in names if f.endswith(".txt"))
@@ -94,9 +95,8 @@ def read_corpus(paths: Sequence[str]) -> dict[str, list[list[str]]]:
   """Local text files -> {split: documents}, each document a list of sentences."""
   out = {s: [] for s in SPLITS}
   for path in corpus_files(paths):
-    with open(path, encoding="utf-8") as f:
-      for doc in split_documents(f.read()):
-        out[document_split(doc)].append(doc)
+    for doc in split_documents(image_sources.read_user_text(path, "config.data.corpus_files")):
+      out[document_split(doc)].append(doc)
   for split, docs in out.items():
     if not docs:
       raise DataError(f"config.data.corpus_files: the corpus has no {split} documents "
@@ -175,45 +175,66 @@ def read_jsonl(path: str, fields: Sequence[str], label_field: str, key: str):
   """Reads labeled lines: returns (texts [n], second texts [n] or None, raw labels [n]).
 
   Args:
-    path: the file.
+    path: the file, or a shipped one's `pkg://` name (see `resolve_path`).
     fields: (text field,) or (text field, second text field); the second is
       optional per file but then must be on every line.
     label_field: the label's field name.
     key: the config key that named `path` (for error messages).
   """
+  path = resolve_path(path)
   if not os.path.isfile(path):
     raise DataError(f"{key}: no file {path!r}")
   texts, pairs, labels = [], [], []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{n}"
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg}); each line must be an object "
-                        'like {"text": "...", "label": ...}') from None
-      if not isinstance(obj, dict):
-        raise DataError(f'{where}: expected a JSON object like {{"text": "...", "label": ...}}')
-      if not isinstance(obj.get(fields[0]), str):
-        raise DataError(f"{where}: no {fields[0]!r} string field (see config.data.text_fields)")
-      if label_field not in obj:
-        raise DataError(f"{where}: no {label_field!r} field (see config.data.label_field)")
-      texts.append(obj[fields[0]])
-      labels.append(obj[label_field])
-      if len(fields) > 1:
-        second = obj.get(fields[1])
-        if second is not None and not isinstance(second, str):
-          raise DataError(f"{where}: {fields[1]!r} must be a string")
-        if texts[1:] and (second is None) != (pairs[-1] is None):
-          raise DataError(f"{where}: {fields[1]!r} must be on every line or on none")
-        pairs.append(second)
+  for n, line in enumerate(image_sources.user_text_lines(path, key), 1):
+    if not line.strip():
+      continue
+    where = f"{path}:{n}"
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{where}: not valid JSON ({e.msg}); each line must be an object "
+                      'like {"text": "...", "label": ...}') from None
+    if not isinstance(obj, dict):
+      raise DataError(f'{where}: expected a JSON object like {{"text": "...", "label": ...}}')
+    if not isinstance(obj.get(fields[0]), str):
+      raise DataError(f"{where}: no {fields[0]!r} string field (see config.data.text_fields)")
+    if label_field not in obj:
+      raise DataError(f"{where}: no {label_field!r} field (see config.data.label_field)")
+    texts.append(obj[fields[0]])
+    labels.append(obj[label_field])
+    if len(fields) > 1:
+      second = obj.get(fields[1])
+      if second is not None and not isinstance(second, str):
+        raise DataError(f"{where}: {fields[1]!r} must be a string")
+      if texts[1:] and (second is None) != (pairs[-1] is None):
+        raise DataError(f"{where}: {fields[1]!r} must be on every line or on none")
+      pairs.append(second)
   if not texts:
     raise DataError(f"{key}: {path!r} has no examples")
   return texts, (pairs if pairs and pairs[0] is not None else None), labels
 
 
+def example_name(name: str, split: str) -> str:
+  """The package name of a shipped labeled file, e.g. "pkg://sentiment/train.jsonl".
+
+  Configs hold this name, not a path, so a run's config.json stays valid when the venv
+  moves; `resolve_path` finds the file at read time.
+  """
+  return f"{PKG}{name}/{split}.jsonl"
+
+
 def example_path(name: str, split: str) -> str:
-  """A shipped labeled example file, e.g. `example_path("sentiment", "train")`."""
-  return os.path.join(ASSETS, name, f"{split}.jsonl")
+  """The file behind `example_name(name, split)` on this machine."""
+  return resolve_path(example_name(name, split))
+
+
+def resolve_path(path: str) -> str:
+  """A file path as given, or the shipped file a `pkg://<path under assets>` name means."""
+  if not path.startswith(PKG):
+    return path
+  rel = path[len(PKG):]
+  parts = rel.split("/")
+  if not rel or os.path.isabs(rel) or ".." in parts:
+    raise DataError(f"{path!r}: a {PKG} name is a path under the shipped assets, like "
+                    f"'{PKG}sentiment/train.jsonl'")
+  return os.path.join(ASSETS, *parts)

@@ -19,10 +19,13 @@ from collections.abc import Sequence
 import ml_collections
 import tokenizers
 
+from ptft_jax.data.sources import read_user_text, user_text_lines
+from ptft_jax.data.text.sources import resolve_path
 from ptft_jax.errors import ConfigError, DataError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _CACHE = "ptft_text_vocab"
+_VOCAB_KEY = "config.data.tokenizer.vocab"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,15 +135,8 @@ def train_vocab(texts: Sequence[str], vocab_size: int, *, lowercase: bool = True
 
 
 def _read_texts(files: Sequence[str]) -> list[str]:
-  texts = []
-  for path in files:
-    try:
-      with open(path, encoding="utf-8") as f:
-        texts.append(f.read())
-    except OSError as e:
-      raise DataError(f"config.data.tokenizer.train_files: cannot read {path!r} ({e.strerror})"
-      ) from None
-  return texts
+  return [read_user_text(resolve_path(path), "config.data.tokenizer.train_files")
+          for path in files]
 
 
 def cached_vocab(files: Sequence[str], vocab_size: int, lowercase: bool, data_dir: str) -> str:
@@ -163,24 +159,22 @@ def cached_vocab(files: Sequence[str], vocab_size: int, lowercase: bool, data_di
 
 def vocab_file_size(path: str) -> int:
   """Entries (lines) of a vocab.txt: what `config.model.vocab_size` must be."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      return sum(1 for _ in f)
-  except OSError as e:
-    raise DataError(f"config.data.tokenizer.vocab: cannot read {path!r} ({e.strerror})") from None
+  return len(user_text_lines(resolve_path(path), _VOCAB_KEY))
 
 
 def vocab_is_uncased(path: str) -> bool:
   """Whether a vocab.txt has no upper-case tokens (special tokens aside): lowercase inputs."""
-  with open(path, encoding="utf-8") as f:
-    return not any(t.lower() != t for t in map(str.strip, f) if not t.startswith("["))
+  lines = user_text_lines(resolve_path(path), _VOCAB_KEY)
+  return not any(t.lower() != t for t in map(str.strip, lines) if not t.startswith("["))
 
 
 def load_tokenizer(path: str, lowercase: bool) -> tuple[tokenizers.Tokenizer, Vocab]:
-  """A BERT WordPiece tokenizer over vocab.txt `path`, and its special ids."""
+  """A BERT WordPiece tokenizer over vocab.txt `path` (or a `pkg://` name), and its special ids."""
+  path = resolve_path(path)
   if not os.path.isfile(path):
     raise DataError(f"config.data.tokenizer.vocab: no file {path!r}; give a BERT vocab.txt "
                     "(one token per line) or leave it empty to train one")
+  read_user_text(path, _VOCAB_KEY)  # a one-line error for bytes that are not UTF-8
   tok = tokenizers.BertWordPieceTokenizer(path, lowercase=lowercase)
   ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
   missing = [t for t, i in ids.items() if i is None]
