@@ -24,6 +24,10 @@ import ml_collections
 
 from configs import common
 
+# Labeled train images per class in the default quickstart: a point of the label-efficiency
+# curve (configs/label_efficiency.py) where pretraining helps on every seed.
+LABELS_PER_CLASS = 5
+
 
 def _common(seed: int) -> ml_collections.ConfigDict:
   c = common.base_config()
@@ -38,38 +42,51 @@ def _common(seed: int) -> ml_collections.ConfigDict:
   return c
 
 
-def get_config(arg: str = ""):
-  args = common.parse_arg(arg, pretrain="contrastive", tiny=False, seed=0)
-  steps = lambda n: 4 if args["tiny"] else n
-
-  pretrain = _common(args["seed"])
-  if args["pretrain"] == "contrastive":
+def pretrain_stage(seed: int, task: str = "contrastive", tiny: bool = False):
+  """The backbone learns from the train split's images, no labels."""
+  c = _common(seed)
+  if task == "contrastive":
     # Mild views: on 8x8 images a 1-pixel shift is already a strong change.
-    pretrain.task = ml_collections.ConfigDict(dict(
+    c.task = ml_collections.ConfigDict(dict(
         name="contrastive", temperature=0.5, projection_hidden=128, projection_dim=64,
         augment=dict(max_shift=1, noise=0.1, dropout=0.1, jitter=0.1)))
-  elif args["pretrain"] == "autoencoder":
-    pretrain.task = ml_collections.ConfigDict(dict(
+  elif task == "autoencoder":
+    c.task = ml_collections.ConfigDict(dict(
         name="autoencoder", noise=0.2, dropout=0.3, head_hidden_sizes=(256,)))
   else:
-    raise ValueError(f"pretrain={args['pretrain']!r}: choose contrastive or autoencoder")
-  pretrain.data.batch_size = 256
-  pretrain.optim.lr = 2e-3
-  pretrain.train.steps = steps(1500)
-  pretrain.train.eval_every = steps(500)
-  pretrain.eval_splits = ("validation",)
+    raise ValueError(f"pretrain={task!r}: choose contrastive or autoencoder")
+  c.data.batch_size = 256
+  c.optim.lr = 2e-3
+  c.train.steps = 4 if tiny else 1500
+  c.train.eval_every = 4 if tiny else 500
+  c.eval_splits = ("validation",)
+  return c
 
-  def finetune(pretrained_workdir: str) -> ml_collections.ConfigDict:
-    c = _common(args["seed"])
-    c.data.label_fraction = 0.1
-    c.data.batch_size = 32
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 20
-    c.task.head_dropout_rate = 0.2
-    c.train.steps = steps(400)
-    c.train.eval_every = steps(50)
-    c.init.pretrained_workdir = pretrained_workdir
-    return c
 
-  return common.staged(pretrain=pretrain, pretrained=finetune("@pretrain"),
-                       scratch=finetune(""))
+def finetune_stage(seed: int, pretrained_workdir: str, labels_per_class: int,
+                   tiny: bool = False):
+  """A classifier on `labels_per_class` labeled train images of each class.
+
+  Which images are labeled depends on the seed, like the initialization.
+  """
+  c = _common(seed)
+  c.data.labels_per_class = labels_per_class
+  c.data.label_fraction_seed = seed
+  c.data.batch_size = 32
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 20
+  c.task.head_dropout_rate = 0.2
+  c.train.steps = 4 if tiny else 400
+  c.train.eval_every = 4 if tiny else 50
+  c.init.pretrained_workdir = pretrained_workdir
+  return c
+
+
+def get_config(arg: str = ""):
+  args = common.parse_arg(arg, pretrain="contrastive", labels=LABELS_PER_CLASS, tiny=False,
+                          seed=0)
+  seed, tiny = args["seed"], args["tiny"]
+  return common.staged(
+      pretrain=pretrain_stage(seed, args["pretrain"], tiny),
+      pretrained=finetune_stage(seed, "@pretrain", args["labels"], tiny),
+      scratch=finetune_stage(seed, "", args["labels"], tiny))

@@ -154,3 +154,66 @@ def write_validation_curves_png(workdir: str, stages: list[str], out_path: str, 
   fig.tight_layout()
   fig.savefig(out_path, dpi=100)
   plt.close(fig)
+
+
+def label_efficiency(results: dict[str, dict], spec: dict) -> dict:
+  """Accuracy against labels per class, pretrained vs scratch, over seeds.
+
+  Args:
+    results: {stage name: {split: metrics}} of a run (`stages.run`).
+    spec: `config.label_efficiency`: {"labels_per_class": [k, ...], "seeds": [s, ...],
+      "stage": "{variant}_k{k}_s{seed}"}, the stage name of each point.
+
+  Returns:
+    {"labels_per_class": [...], "seeds": [...], "<variant>": {"<split>_accuracy":
+    {"mean": [...], "std": [...], "per_seed": [[...], ...]}}} for variants
+    pretrained and scratch, splits validation and test; std is the population std.
+  """
+  import numpy as np
+
+  out = {"labels_per_class": list(spec["labels_per_class"]), "seeds": list(spec["seeds"])}
+  for variant in ("pretrained", "scratch"):
+    out[variant] = {}
+    for split in ("validation", "test"):
+      table = [[results[spec["stage"].format(variant=variant, k=k, seed=s)][split]["accuracy"]
+                for s in spec["seeds"]] for k in spec["labels_per_class"]]
+      out[variant][f"{split}_accuracy"] = {
+          "mean": [float(np.mean(row)) for row in table],
+          "std": [float(np.std(row)) for row in table], "per_seed": table}
+  return out
+
+
+def format_label_efficiency(curve: dict) -> str:
+  """A printable table: labels per class, pretrained and scratch test accuracy, the gain."""
+  pre, scr = curve["pretrained"]["test_accuracy"], curve["scratch"]["test_accuracy"]
+  lines = [f"{'labels/class':>12} {'pretrained':>16} {'scratch':>16} {'gain':>7}  "
+           f"(test accuracy, mean ± std over seeds {curve['seeds']})"]
+  for i, k in enumerate(curve["labels_per_class"]):
+    lines.append(f"{k:>12} {pre['mean'][i]:>9.3f} ± {pre['std'][i]:.3f} "
+                 f"{scr['mean'][i]:>9.3f} ± {scr['std'][i]:.3f} "
+                 f"{pre['mean'][i] - scr['mean'][i]:>+7.3f}")
+  return "\n".join(lines)
+
+
+def write_label_efficiency_png(curve: dict, out_path: str):
+  """Test accuracy (mean ± std over seeds, error bars) against labels per class, log x."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ks = curve["labels_per_class"]
+  for variant, marker in (("pretrained", "o"), ("scratch", "s")):
+    acc = curve[variant]["test_accuracy"]
+    ax.errorbar(ks, acc["mean"], yerr=acc["std"], marker=marker, capsize=4, label=variant)
+  ax.set_xscale("log")
+  ax.set_xticks(ks)
+  ax.set_xticklabels([str(k) for k in ks])
+  ax.set_xlabel("labeled training images per class")
+  ax.set_ylabel(f"test accuracy (mean ± std, {len(curve['seeds'])} seeds)")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)

@@ -50,11 +50,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = Fa
     say(f"=== stage {name} ===")
     results[name] = train_and_evaluate(stage, os.path.join(workdir, name))
   summary = reports.summarize_stages(results)
+  curve = None
+  if config.get("report") == "label_efficiency":  # configs/label_efficiency.py
+    curve = reports.label_efficiency(results, config.label_efficiency.to_dict())
+    summary = {**summary, "label_efficiency": curve}
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    say(reports.format_summary(summary))
-    reports.write_validation_curves_png(workdir, list(summary),
-                                        os.path.join(workdir, "validation_curves.png"))
+    if curve:
+      reports.write_label_efficiency_png(curve, os.path.join(workdir, "label_efficiency.png"))
+      say(reports.format_label_efficiency(curve))
+    else:
+      say(reports.format_summary(summary))
+      reports.write_validation_curves_png(workdir, list(summary),
+                                          os.path.join(workdir, "validation_curves.png"))
     if config.get("report") == "trainable_params":  # configs/strategies.py
       say(reports.write_strategy_report(workdir, list(summary)))
   return {"stages": results, "summary": summary}

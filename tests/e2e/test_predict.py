@@ -196,7 +196,7 @@ def text_run(tmp_path_factory):
   c.data.source, c.data.dataset, c.data.format = "jsonl", "topics", "labeled"
   c.data.files = {s: _text_jsonl(root / f"{s}.jsonl", 64, i)
                   for i, s in enumerate(("train", "validation", "test"))}
-  c.data.seq_len, c.data.batch_size, c.data.eval_batch_size = 32, 16, 32
+  c.data.seq_len, c.data.batch_size, c.data.eval_batch_size = 128, 16, 32
   letters = [p + ch for p in ("", "##") for ch in "abcdefghijklmnopqrstuvwxyz"]
   vocab = list(dict.fromkeys([*text.SPECIAL_TOKENS, *_FILLER, *sum(_TOPICS, []), *letters]))
   (root / "vocab.txt").write_text("\n".join(vocab) + "\n")  # no vocabulary training
