@@ -7,7 +7,7 @@ run's `config.json` gives the model (a `bert` backbone) and the task
 its adapters merged first.
 
 convert may not import ptft_jax.inference (tests/unit/test_layout.py), so the
-checkpoint choice below mirrors `inference.predictor.resolve_checkpoint`.
+checkpoint choice is `train.checkpoint.resolve_checkpoint`, as for predict and eval.
 """
 
 import dataclasses
@@ -22,7 +22,7 @@ from ptft_jax.convert import hf_bert
 from ptft_jax.data import labels_json
 from ptft_jax.errors import CheckpointError, ConfigError, UserError
 from ptft_jax.models.transformer import TransformerConfig
-from ptft_jax.train import checkpoint, early_stopping, finetune
+from ptft_jax.train import checkpoint, finetune
 
 RUN_CONFIG_FILE = "config.json"
 HEAD = "classifier"  # TextClassification.head_name; its Dense is also named "classifier"
@@ -79,33 +79,9 @@ def _transformer_config(workdir: str, model: dict[str, Any]) -> TransformerConfi
                       f"{e}") from None
 
 
-def _resolve(workdir: str, which: str) -> tuple[str, int]:
-  """`latest` | `best` | a step -> (checkpoint workdir, step)."""
-  if which == "best":
-    best = os.path.join(workdir, early_stopping.BEST_DIR)
-    steps = checkpoint.complete_steps(best)
-    if not steps:
-      raise CheckpointError(
-          f"--checkpoint=best: {workdir} has no best checkpoint ({best} is missing; the run "
-          "needs config.train.early_stopping.metric); use --checkpoint=latest or a step")
-    return best, steps[-1]
-  steps = checkpoint.complete_steps(workdir)
-  if which == "latest":
-    if not steps:
-      raise CheckpointError(f"--workdir {workdir}: no complete checkpoint in "
-                            f"{checkpoint.checkpoint_dir(workdir)}")
-    return workdir, steps[-1]
-  if not which.isdigit():
-    raise ConfigError(f"--checkpoint={which!r}: use latest, best or a step number")
-  if int(which) not in steps:
-    raise CheckpointError(f"--checkpoint={which}: no such complete step in "
-                          f"{checkpoint.checkpoint_dir(workdir)}; it has steps {steps}")
-  return workdir, int(which)
-
-
 def _load_params(workdir: str, which: str) -> tuple[dict, int]:
   """The run's params (LoRA adapters merged) as host numpy arrays, and the step."""
-  where, step = _resolve(workdir, which)
+  where, step, _ = checkpoint.resolve_checkpoint(workdir, which)
   loaded, _ = checkpoint.load_params(where, step=step)
   params = loaded["params"]
   if "lora" in params:  # adapters beside the base kernels: merge with the run's alpha

@@ -35,12 +35,11 @@ from ptft_jax import tasks
 from ptft_jax.config.workdir import CONFIG_FILE
 from ptft_jax.data import labels_json
 from ptft_jax.data.sources import read_user_text
-from ptft_jax.errors import CheckpointError, ConfigError, DataError
+from ptft_jax.errors import ConfigError, DataError
 from ptft_jax.models import build_model
 from ptft_jax.optim import lora, precision
 from ptft_jax.parallel import sharding
 from ptft_jax.train import checkpoint as ckpt
-from ptft_jax.train import early_stopping
 
 log = logging.getLogger("ptft_jax")
 
@@ -60,31 +59,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(read_user_text(path, "--workdir")))
   except ValueError as e:
     raise ConfigError(f"{path}: unreadable ({e}); it records the run: restore it") from None
-
-
-def resolve_checkpoint(workdir: str, which: str | int = "latest") -> tuple[str, int, str]:
-  """`latest` | `best` | a step -> (checkpoint workdir, step, file tag: "" or "best_")."""
-  which = str(which)
-  if which == "best":
-    best = os.path.join(workdir, early_stopping.BEST_DIR)
-    steps = ckpt.complete_steps(best)
-    if not steps:
-      raise CheckpointError(
-          f"--checkpoint=best: {workdir} has no best checkpoint ({best} is missing; the run "
-          "needs config.train.early_stopping.metric); use --checkpoint=latest or a step")
-    return best, steps[-1], "best_"
-  steps = ckpt.complete_steps(workdir)
-  if which == "latest":
-    if not steps:
-      raise CheckpointError(f"--workdir {workdir}: no complete checkpoint in "
-                            f"{ckpt.checkpoint_dir(workdir)}")
-    return workdir, steps[-1], ""
-  if not which.isdigit():
-    raise ConfigError(f"--checkpoint={which!r}: use latest, best or a step number")
-  if int(which) not in steps:
-    raise CheckpointError(f"--checkpoint={which}: no such complete step in "
-                          f"{ckpt.checkpoint_dir(workdir)}; it has steps {steps}")
-  return workdir, int(which), ""
 
 
 @dataclasses.dataclass
@@ -112,7 +86,7 @@ def load_run(workdir: str, which: str | int = "latest", *, sharding_=None,
   if "stages" in config:
     raise ConfigError(f"--workdir {workdir} holds a staged run; name one stage's directory, "
                       f"one of {sorted(config.stages)}")
-  where, step, tag = resolve_checkpoint(workdir, which)
+  where, step, tag = ckpt.resolve_checkpoint(workdir, which)
   if info is None:
     record = labels_json.read_labels_json(workdir)
     if record is None:
@@ -121,7 +95,7 @@ def load_run(workdir: str, which: str | int = "latest", *, sharding_=None,
       info = data.make_data(config.data, seed=config.seed).info
     else:
       info = labels_json.info_from_record(record, workdir)
-  task, heads = tasks.build_task(config, info)
+  task, heads = tasks.build_task(config, info, check_keys=False)  # rebuilt as it trained
   model = build_model(precision.model_config(config), heads)
   loaded, _ = ckpt.load_params(where, step=step, sharding=sharding_)
   params = lora.merge_loaded(loaded["params"], workdir)

@@ -60,12 +60,19 @@ def check_task_keys(task_config, where: str = "config.task"):
                       f"(it reads: {', '.join(reads)}); remove {pronoun}")
 
 
-def build_task(config: ml_collections.ConfigDict, info) -> tuple[object, dict[str, nn.Module]]:
+def build_task(config: ml_collections.ConfigDict, info, *,
+               check_keys: bool = True) -> tuple[object, dict[str, nn.Module]]:
   """Returns (task, {head name: head}) for `config.task` and the dataset's `info`.
 
-  Refuses task keys the task does not read (see `check_task_keys`).
+  Refuses task keys the task does not read (see `check_task_keys`), unless
+  `check_keys` is False: a run that already trained is rebuilt as it ran, even
+  if an older version accepted a key its task ignored.
   """
-  check_task_keys(config.task)
+  if check_keys:
+    check_task_keys(config.task)
+  elif config.task.name not in BUILDERS:
+    raise ConfigError(f"config.task.name: unknown task {config.task.name!r}; choose one of "
+                      f"{sorted(BUILDERS)}")
   task, head = BUILDERS[config.task.name](config.task, info)
   # A builder returns one head (stored under task.head_name) or a dict of them
   # (multi-head tasks such as masked LM + next-sentence prediction).

@@ -29,10 +29,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from ptft_jax.errors import CheckpointError
+from ptft_jax.errors import CheckpointError, ConfigError
 from ptft_jax.utils import flat_paths, path_str, tree_paths
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"  # <workdir>/best: the best validation checkpoint (early_stopping.py)
 COMMIT_FILE = "commit_success.txt"  # Orbax writes it last, before the atomic rename
 TMP_MARK = ".orbax-checkpoint-tmp"
 
@@ -372,3 +373,28 @@ def save_pretrained(workdir: str, params: dict, *, config: dict | None = None,
   manager.wait_until_finished()
   manager.close()
   return checkpoint_dir(workdir)
+
+
+def resolve_checkpoint(workdir: str, which: str | int = "latest") -> tuple[str, int, str]:
+  """`latest` | `best` | a step -> (checkpoint workdir, step, file tag: "" or "best_")."""
+  which = str(which)
+  if which == "best":
+    best = os.path.join(workdir, BEST_DIR)
+    steps = complete_steps(best)
+    if not steps:
+      raise CheckpointError(
+          f"--checkpoint=best: {workdir} has no best checkpoint ({best} is missing; the run "
+          "needs config.train.early_stopping.metric); use --checkpoint=latest or a step")
+    return best, steps[-1], "best_"
+  steps = complete_steps(workdir)
+  if which == "latest":
+    if not steps:
+      raise CheckpointError(f"--workdir {workdir}: no complete checkpoint in "
+                            f"{checkpoint_dir(workdir)}")
+    return workdir, steps[-1], ""
+  if not which.isdigit():
+    raise ConfigError(f"--checkpoint={which!r}: use latest, best or a step number")
+  if int(which) not in steps:
+    raise CheckpointError(f"--checkpoint={which}: no such complete step in "
+                          f"{checkpoint_dir(workdir)}; it has steps {steps}")
+  return workdir, int(which), ""

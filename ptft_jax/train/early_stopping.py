@@ -32,7 +32,7 @@ from ptft_jax.errors import ConfigError
 from ptft_jax.train import checkpoint
 from ptft_jax.utils import write_json_atomic
 
-BEST_DIR = "best"
+BEST_DIR = checkpoint.BEST_DIR
 BEST_FILE = "best.json"
 HISTORY_FILE = "early_stopping.json"
 

@@ -1,5 +1,6 @@
 """Text data: tokenizer, shipped corpus, sentence pairs, packing, JSONL and TFDS sources."""
 
+import collections
 import json
 import os
 import time
@@ -226,3 +227,15 @@ def test_tfds_corpus_with_mock_data(tmp_path):
     rows = sum(int(b["valid"].sum()) for b in bundle.eval_batches("validation"))
   assert batch["input_ids"].shape == (4, 32) and (batch["segment_ids"] > 0).any()
   assert rows >= 1
+
+
+def test_labels_per_class_on_jsonl(tmp_path):
+  rows = [{"text": f"doc {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
+          for i in range(20)]
+  path = _jsonl(tmp_path / "train.jsonl", rows)
+  config = _labeled_config(tmp_path, {"train": path}, labels_per_class=3)
+  config.batch_size = 12  # the 6 kept examples, each twice
+  config.tokenizer.train_files = (path,)  # every document's words in the vocabulary
+  batch = next(data.make_data(config, 0).train_iterator)
+  assert sorted(collections.Counter(batch["label"].tolist()).values()) == [6, 6]
+  assert len({tuple(row) for row in batch["input_ids"].tolist()}) == 6

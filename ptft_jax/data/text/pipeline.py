@@ -65,6 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
       max_eval_examples=2048,  # pretraining eval rows
       label_fraction=1.0,  # labeled: keep a stratified fraction of the train labels
       label_fraction_seed=0,
+      labels_per_class=0,  # labeled: > 0 keeps exactly this many train examples per class
   ))
 
 
@@ -332,12 +333,15 @@ def _labeled_data(dc, seed, tokenizer, vocab, shard_index, shard_count) -> bundl
 
   train = Columns(encode(texts, pairs, raw, where), f"{dc.dataset}/train")
   fraction = float(dc.get("label_fraction", 1.0))
-  if fraction < 1.0:
-    if not 0 < fraction or label_type != "class":
-      raise ConfigError(f"config.data.label_fraction={fraction}: needs class labels and a "
-                        "value in (0, 1]")
-    keep = stratified_subset(train.columns["label"], fraction, dc.get("label_fraction_seed", 0))
-    train = Columns(train.gather(keep), f"{dc.dataset}/train[{fraction}]")
+  per_class = int(dc.get("labels_per_class", 0))
+  if fraction < 1.0 or per_class:
+    if not 0 < fraction or label_type != "class" or per_class < 0 or (per_class and fraction < 1):
+      both = f", labels_per_class={per_class}" if per_class else ""
+      raise ConfigError(f"config.data.label_fraction={fraction}{both}: needs class labels, and "
+                        "a fraction in (0, 1] or a count > 0 (not both)")
+    keep = stratified_subset(train.columns["label"], fraction, dc.get("label_fraction_seed", 0),
+                             per_class=per_class)
+    train = Columns(train.gather(keep), f"{dc.dataset}/train[{per_class or fraction}]")
   batch_size = pipeline._per_process_batch(dc.batch_size, shard_count)
   train_it = pipeline._in_memory_iterator(train, seed, batch_size, shard_index, shard_count)
 
