@@ -67,11 +67,12 @@ def get_config(arg: str = ""):
     base, ref, variants = source.stages.pretrained, "@minilm", TEXT_VARIANTS
     targets = r"backbone/layer_\d+/(attention/(query|key|value|out)|mlp/\w+)/kernel"
   else:
-    source = quickstart.get_config(common.tiny_arg(args))
-    base, ref, variants = source.stages.pretrained, "@pretrain", VARIANTS
+    base = quickstart.finetune_stage(args["seed"], "", 0, args["tiny"])  # the full recipe
+    base.data.labels_per_class, base.data.label_fraction, base.data.label_fraction_seed = 0, 0.1, 0
+    ref, variants = "@pretrain", VARIANTS
     targets = r"backbone/.*/kernel"
     if not args["pretrained"]:
-      stages["pretrain"] = source.stages.pretrain
+      stages["pretrain"] = quickstart.pretrain_stage(args["seed"], tiny=args["tiny"])
   if args["pretrained"]:
     ref = os.path.abspath(args["pretrained"])
   for name, (strategy, rank, lr_mult) in variants.items():

@@ -157,22 +157,26 @@ def write_validation_curves_png(workdir: str, stages: list[str], out_path: str, 
 
 
 def label_efficiency(results: dict[str, dict], spec: dict) -> dict:
-  """Accuracy against labels per class, pretrained vs scratch, over seeds.
+  """Accuracy against labels per class for each variant (pretrained, scratch, ...), over seeds.
 
   Args:
     results: {stage name: {split: metrics}} of a run (`stages.run`).
     spec: `config.label_efficiency`: {"labels_per_class": [k, ...], "seeds": [s, ...],
-      "stage": "{variant}_k{k}_s{seed}"}, the stage name of each point.
+      "variants": [name, ...] (default pretrained, scratch), "legend": {name: what it
+      is} (optional, for the picture), "stage": "{variant}_k{k}_s{seed}"}, the stage
+      name of each point.
 
   Returns:
-    {"labels_per_class": [...], "seeds": [...], "<variant>": {"<split>_accuracy":
-    {"mean": [...], "std": [...], "per_seed": [[...], ...]}}} for variants
-    pretrained and scratch, splits validation and test; std is the population std.
+    {"labels_per_class": [...], "seeds": [...], "variants": [...], "<variant>":
+    {"<split>_accuracy": {"mean": [...], "std": [...], "per_seed": [[...], ...]}}}
+    for splits validation and test; std is the population std over seeds.
   """
   import numpy as np
 
-  out = {"labels_per_class": list(spec["labels_per_class"]), "seeds": list(spec["seeds"])}
-  for variant in ("pretrained", "scratch"):
+  variants = list(spec.get("variants", ("pretrained", "scratch")))
+  out = {"labels_per_class": list(spec["labels_per_class"]), "seeds": list(spec["seeds"]),
+         "variants": variants, "legend": dict(spec.get("legend", {}))}
+  for variant in variants:
     out[variant] = {}
     for split in ("validation", "test"):
       table = [[results[spec["stage"].format(variant=variant, k=k, seed=s)][split]["accuracy"]
@@ -184,14 +188,16 @@ def label_efficiency(results: dict[str, dict], spec: dict) -> dict:
 
 
 def format_label_efficiency(curve: dict) -> str:
-  """A printable table: labels per class, pretrained and scratch test accuracy, the gain."""
-  pre, scr = curve["pretrained"]["test_accuracy"], curve["scratch"]["test_accuracy"]
-  lines = [f"{'labels/class':>12} {'pretrained':>16} {'scratch':>16} {'gain':>7}  "
-           f"(test accuracy, mean ± std over seeds {curve['seeds']})"]
+  """A printable table: labels per class, each variant's test accuracy, the first's gain."""
+  variants = curve["variants"]
+  lines = [f"{'labels/class':>12} " + " ".join(f"{v:>15}" for v in variants)
+           + f" {'gain':>7}  (test accuracy, mean ± std over seeds {curve['seeds']}; gain: "
+           f"{variants[0]} - {variants[-1]})"]
   for i, k in enumerate(curve["labels_per_class"]):
-    lines.append(f"{k:>12} {pre['mean'][i]:>9.3f} ± {pre['std'][i]:.3f} "
-                 f"{scr['mean'][i]:>9.3f} ± {scr['std'][i]:.3f} "
-                 f"{pre['mean'][i] - scr['mean'][i]:>+7.3f}")
+    means = [curve[v]["test_accuracy"]["mean"][i] for v in variants]
+    stds = [curve[v]["test_accuracy"]["std"][i] for v in variants]
+    lines.append(f"{k:>12} " + " ".join(f"{m:>7.3f} ± {s:.3f}" for m, s in zip(
+        means, stds, strict=True)) + f" {means[0] - means[-1]:>+7.3f}")
   return "\n".join(lines)
 
 
@@ -204,9 +210,10 @@ def write_label_efficiency_png(curve: dict, out_path: str):
 
   fig, ax = plt.subplots(figsize=(6, 4))
   ks = curve["labels_per_class"]
-  for variant, marker in (("pretrained", "o"), ("scratch", "s")):
+  for variant, marker in zip(curve["variants"], "osD^v", strict=False):
     acc = curve[variant]["test_accuracy"]
-    ax.errorbar(ks, acc["mean"], yerr=acc["std"], marker=marker, capsize=4, label=variant)
+    ax.errorbar(ks, acc["mean"], yerr=acc["std"], marker=marker, capsize=4,
+                label=curve.get("legend", {}).get(variant, variant))
   ax.set_xscale("log")
   ax.set_xticks(ks)
   ax.set_xticklabels([str(k) for k in ks])
