@@ -83,6 +83,10 @@ class InMemory:
   def __getitem__(self, index: int) -> Any:
     return {k: v[index] for k, v in self._columns.items()}
 
+  def labels(self) -> np.ndarray:
+    """int64 [n]: the label of every example."""
+    return self._columns["label"].astype(np.int64)
+
   def gather(self, indices) -> dict[str, np.ndarray]:
     """A whole batch of model inputs: {"image": float32 [b, h, w, c] in [0, 1], "label": int32}."""
     indices = np.asarray(indices)
