@@ -168,10 +168,57 @@ def restore(manager: ocp.CheckpointManager, state: dict, *, step: int | None = N
         f"cannot resume from {where}: it holds another model or optimizer ({len(diffs)} "
         f"difference(s): {'; '.join(diffs)}); use a new --workdir")
   items = {k: ocp.args.StandardRestore(abstract(t)) for k, t in targets.items()}
+  position = None  # the data position, set by hand: saved by another process count
   if data_iterator is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    position = _other_count_position(manager, step, data_iterator)
+    if position is None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = _restore(manager, step, items)
+  if position is not None:
+    data_iterator.set_state(position)
   return {**restored["params"], **restored["train"]}
+
+
+def _other_count_position(manager: ocp.CheckpointManager, step: int, data_iterator):
+  """The data position of a checkpoint saved by another process count, or None.
+
+  Grain writes one `process_<i>-of-<n>.json` per process. If this run's file is
+  there (or none is), None: Orbax restores as usual. Otherwise an in-memory
+  iterator (a Grain DatasetIterator whose state is only its global batch position,
+  the same on every process) takes that position; a Grain DataLoader's state is
+  per process and cannot be re-split, so that raises one CheckpointError.
+  """
+  from etils import epath
+
+  directory = epath.Path(str(manager.directory)) / str(step) / "data"
+  count = jax.process_count()
+  try:
+    names = [p.name for p in directory.iterdir()] if directory.exists() else []
+  except OSError:
+    return None  # unreadable: Orbax's restore reports it
+  if f"process_{jax.process_index()}-of-{count}.json" in names:
+    return None
+  counts = sorted({int(m.group(1)) for n in names
+                   if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", n))})
+  if not counts:
+    return None
+  where = f"{manager.directory}/{step}"
+  saved = counts[0]
+  if isinstance(data_iterator, grain.DatasetIterator):
+    import json
+
+    states = []
+    for i in range(saved):
+      try:
+        states.append(json.loads((directory / f"process_{i}-of-{saved}.json").read_text()))
+      except (OSError, ValueError) as e:
+        raise _corrupt(where, e) from None
+    if all(s == states[0] for s in states) and set(states[0]) == set(data_iterator.get_state()):
+      return states[0]
+  raise CheckpointError(
+      f"cannot resume from {where}: its data position was saved by {saved} process(es) and "
+      f"this run has {count}, and this run's data pipeline (a Grain DataLoader) keeps one "
+      f"position per process; resume with {saved} process(es), or use a new --workdir")
 
 
 def _corrupt(where: str, e: BaseException) -> CheckpointError:
