@@ -39,6 +39,9 @@ Workloads (model shapes in `TEXT_SHAPE`, the MiniLM-L6 shape):
                     in the summary with the bert_mlm step
   checkpoint        async Orbax save of the bert_mlm train state: time the loop is
                     blocked, total time, restore time
+  compile_scan      compile time (jit lower + XLA compile) of the BERT MLM train step at 4
+                    and 48 layers (hidden 128), looped vs `model.scan_layers=True`;
+                    not in the default run (~2 min on 2 cores): `--workload compile_scan`
 """
 
 import argparse
@@ -443,6 +446,37 @@ def _checkpoint(opts: Options) -> dict:
       consumer="bert_mlm")
 
 
+COMPILE_DEPTHS = (4, 48)
+
+
+def compile_seconds(num_layers: int, scan_layers: bool, *, tiny: bool = False) -> float:
+  """Seconds to lower and compile the BERT MLM train step (init not counted)."""
+  from ptft_jax.bench import flops
+
+  shape = flops.TransformerShape(
+      num_layers=num_layers, hidden_size=16 if tiny else 128, num_heads=2,
+      intermediate_size=32 if tiny else 512, vocab_size=200 if tiny else 1000, batch_size=4,
+      seq_len=16 if tiny else 64, predictions=3 if tiny else 8)
+  step, state, batch = build_text_step(
+      "mlm", shape, model_overrides={"scan_layers": scan_layers})
+  t0 = time.perf_counter()
+  step.lower(state, batch).compile()
+  return time.perf_counter() - t0
+
+
+def _compile_scan(opts: Options) -> dict:
+  depths = (1, 4) if opts.tiny else COMPILE_DEPTHS
+  compile_seconds(depths[0], False, tiny=opts.tiny)  # untimed: the process's first-jit costs
+  seconds = {f"{'scanned' if scan else 'looped'}_{n}": compile_seconds(n, scan, tiny=opts.tiny)
+             for scan in (True, False) for n in depths}
+  lo, hi = depths
+  memory, source = peak_memory()
+  return _record(
+      "compile_scan", peak_memory_bytes=memory, memory_source=source, depths=list(depths),
+      compile_s=seconds, scanned_ratio=seconds[f"scanned_{hi}"] / seconds[f"scanned_{lo}"],
+      looped_ratio=seconds[f"looped_{hi}"] / seconds[f"looped_{lo}"])
+
+
 def _peak(opts: Options) -> dict:
   n = 256 if opts.tiny else 2048
   f32, bf16 = matmul_peak("float32", n), matmul_peak("bfloat16", n)
@@ -463,6 +497,7 @@ WORKLOADS: dict[str, Callable[[Options], dict]] = {
     "input_digits": _input_digits,
     "input_text": _input_text,
     "checkpoint": _checkpoint,
+    "compile_scan": _compile_scan,
 }
 
 
@@ -506,7 +541,8 @@ def run_peer(python: str, opts: Options) -> list[dict]:
 
 def summarize(records: list[dict]) -> dict:
   """The issue-9 targets this run can check: {target: {"value", "goal", "met"}}."""
-  by = {r["workload"]: r for r in records if r.get("step_s") or r.get("save_blocked_s")}
+  by = {r["workload"]: r for r in records
+        if r.get("step_s") or r.get("save_blocked_s") or r.get("scanned_ratio")}
   checks = {}
 
   def check(name, value, goal, higher=True):
@@ -532,6 +568,9 @@ def summarize(records: list[dict]) -> dict:
   if "checkpoint" in by and "bert_mlm" in by:
     check("checkpoint_blocked_fraction_of_step",
           by["checkpoint"]["save_blocked_s"] / by["bert_mlm"]["step_s"], 0.1, higher=False)
+  if "compile_scan" in by:  # issue 14: compile time flat in depth with scanned layers
+    check("scanned_compile_deep_vs_shallow", by["compile_scan"]["scanned_ratio"], 1.5,
+          higher=False)
   return _record("summary", targets=checks)
 
 

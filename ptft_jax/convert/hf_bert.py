@@ -11,6 +11,7 @@ dtypes, shape mismatches and a vocab.txt of the wrong size each raise a
 one-line `CheckpointError`.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import safetensors
 import safetensors.numpy
 
 from ptft_jax.errors import CheckpointError, UserError
+from ptft_jax.models import layout
 from ptft_jax.models.heads import MaskedLMHead, NextSentenceHead
 from ptft_jax.models.transformer import BertEncoder, TransformerConfig
 
@@ -101,6 +103,7 @@ def _set(tree: Params, path: tuple[str, ...], value) -> None:
 
 def _param_shapes(config: TransformerConfig, head: str | None = None) -> dict[tuple, tuple]:
   """Param path -> shape, from the module definitions (no compute)."""
+  config = dataclasses.replace(config, scan_layers=False)  # HF names each layer: looped paths
   ids = jnp.zeros((1, 1), jnp.int32)
   if head is None:
     init = lambda: BertEncoder(config).init(jax.random.key(0), {"input_ids": ids}, train=False)
@@ -282,7 +285,10 @@ def _load(model_dir: str, overrides) -> tuple[TransformerConfig, Params, dict[st
   model_dir = os.fspath(model_dir)
   hf = _read_config(model_dir)
   with _Tensors(model_dir) as tensors:
-    return _load_tensors(model_dir, hf, tensors, overrides)
+    config, params, heads = _load_tensors(model_dir, hf, tensors, overrides)
+  if config.scan_layers:  # HF is looped; a scan_layers=True override asks for `layers/...`
+    params = layout.loop_to_scan(params)
+  return config, params, heads
 
 
 def _load_tensors(model_dir, hf, tensors, overrides):
@@ -333,7 +339,9 @@ def load_hf_bert(model_dir: str | os.PathLike, **overrides) -> tuple[Transformer
   Returns:
     `(config, params)`: params is the backbone tree (`embeddings/...`,
     `layer_{i}/...`, `pooler/dense/...` when the file has a pooler) of float32
-    numpy arrays; `config.pooler` says whether the pooler was there.
+    numpy arrays; `config.pooler` says whether the pooler was there. With
+    `scan_layers=True` the layers come stacked under `layers/...` ([num_layers]
+    leading axis).
   """
   config, params, _ = _load(model_dir, overrides)
   return config, params
@@ -370,6 +378,11 @@ def _export_tensors(config, params, spec, tree_name: str, prefix: str) -> dict[s
   return out
 
 
+def _looped(config: TransformerConfig, params: Mapping[str, Any]) -> Mapping[str, Any]:
+  """Backbone params with `layer_{i}/...` (HF's layout): a scanned `layers/...` is split."""
+  return layout.scan_to_loop(params, config.num_layers) if layout.is_scanned(params) else params
+
+
 def export_hf_bert(
     config: TransformerConfig,
     params: Mapping[str, Any],
@@ -386,12 +399,14 @@ def export_hf_bert(
 
   Args:
     config: a BERT config (post-norm, non-causal, with token types).
-    params: backbone params (numpy or jax arrays), as from `load_hf_bert`.
+    params: backbone params (numpy or jax arrays), as from `load_hf_bert`
+      (looped `layer_{i}` or scanned `layers`).
     out_dir: created if needed; existing files of the same names are replaced.
     vocab_file: copied to `out_dir/vocab.txt` after checking its line count.
     heads: optional MaskedLMHead / NextSentenceHead params.
   """
   hf_config = config_to_hf(config)
+  params = _looped(config, params)
   heads = dict(heads or {})
   unknown = set(heads) - set(_HEAD_MODULES)
   if unknown:
@@ -477,6 +492,7 @@ def export_hf_classifier(
   vocab_file = os.fspath(vocab_file)
   _check_vocab(vocab_file, config.vocab_size)
 
+  params = _looped(config, params)
   tensors = _export_tensors(config, params, _spec(config), "backbone", "bert.")
   tensors["classifier.weight"] = np.ascontiguousarray(kernel.T)
   tensors["classifier.bias"] = np.ascontiguousarray(bias)

@@ -19,6 +19,11 @@ Parameter layout (relative to `backbone/`), chosen so HF BERT weights load:
   pooler/dense/{kernel,bias}                    (BertEncoder with config.pooler)
   final_norm/{scale,bias}                       (pre-norm only)
 
+With `scan_layers=True` the layers are one `nn.scan` over a single layer (compile
+time flat in depth) and their params sit under `layers/...` with a leading
+[num_layers] axis instead of `layer_{i}/...` (e.g. `layers/attention/query/kernel`
+[num_layers, hidden, hidden]); `ptft_jax.models.layout` converts between the two.
+
 In pre-norm layers `attention_norm` normalizes the attention input and
 `output_norm` the MLP input; in post-norm layers they normalize the residual
 sums after attention and after the MLP (HF BERT's two LayerNorms).
@@ -94,6 +99,7 @@ class TransformerConfig:
   dtype: str = "float32"
   pooler: bool = True
   remat: str = "none"  # recompute layer activations in the backward pass: see REMAT_POLICIES
+  scan_layers: bool = False  # one nn.scan over the layers: params under layers/, [num_layers, ...]
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -159,12 +165,16 @@ class Mlp(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-  """Attention + MLP with residuals; post- or pre-LayerNorm per `config.pre_norm`."""
+  """Attention + MLP with residuals; post- or pre-LayerNorm per `config.pre_norm`.
+
+  `scanned`: the body of an nn.scan, so it returns `(x, None)` (carry, no output).
+  """
 
   config: TransformerConfig
+  scanned: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool):
     # `train` is positional so that nn.remat can treat it as static (static_argnums).
     cfg = self.config
     attention = Attention(cfg, name="attention")
@@ -174,9 +184,11 @@ class TransformerLayer(nn.Module):
     drop = lambda t: Dropout(cfg.dropout_rate)(t, deterministic=not train)
     if cfg.pre_norm:
       x = x + drop(attention(attention_norm(x), mask, train=train))
-      return x + drop(mlp(output_norm(x)))
-    x = attention_norm(x + drop(attention(x, mask, train=train)))
-    return output_norm(x + drop(mlp(x)))
+      x = x + drop(mlp(output_norm(x)))
+    else:
+      x = attention_norm(x + drop(attention(x, mask, train=train)))
+      x = output_norm(x + drop(mlp(x)))
+    return (x, None) if self.scanned else x
 
 
 class Embeddings(nn.Module):
@@ -252,8 +264,15 @@ def _trunk(config: TransformerConfig, batch: Mapping[str, jax.Array], train: boo
   layer = TransformerLayer
   if config.remat != "none":
     layer = nn.remat(layer, policy=REMAT_POLICIES[config.remat], static_argnums=(3,))
-  for i in range(config.num_layers):
-    x = layer(config, name=f"layer_{i}")(x, mask, train)
+  if config.scan_layers:
+    # One traced layer whatever the depth; each layer gets its own params and dropout rng.
+    stack = nn.scan(layer, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=(nn.broadcast, nn.broadcast), length=config.num_layers)
+    x, _ = stack(config, scanned=True, name="layers")(x, mask, train)
+  else:
+    for i in range(config.num_layers):
+      x = layer(config, name=f"layer_{i}")(x, mask, train)
   if config.pre_norm:
     x = _layer_norm("final_norm", config)(x)
   return x, table
@@ -330,8 +349,9 @@ def bert_encode(
 
   Args:
     config: the encoder's config (e.g. from `load_hf_bert`).
-    params: the backbone params tree (`embeddings`, `layer_{i}`, ...), without
-      the `backbone/` prefix; a pooler in it is ignored.
+    params: the backbone params tree (`embeddings`, `layer_{i}` or with
+      `config.scan_layers` `layers`, ...), without the `backbone/` prefix; a
+      pooler in it is ignored.
     input_ids: `[batch, seq]` int.
     attention_mask: `[batch, seq]`, 1 = real token (default: all ones).
     token_type_ids: `[batch, seq]` (default: all zeros).

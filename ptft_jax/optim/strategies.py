@@ -24,6 +24,13 @@ then by their indices; units sharing family and indices (`layer_0_forward`,
 final_norm) sits at the top with the heads. With L indexed depths, the unit at
 input-order position p has depth L - p, the input side L + 1, heads 0.
 `unit_depths(params)` shows the result for a model.
+
+A scanned transformer stack (`config.model.scan_layers=True`) keeps every layer
+in one unit, `layers`, whose leaves have a leading [num_layers] axis; a
+parameter group covers whole leaves, so the presets that treat layers apart
+(freeze_layers, layer_decay, gradual_unfreeze) refuse it with a ConfigError
+naming the fix (config.model.scan_layers=False; `models.layout` converts a
+checkpoint of either layout). The other presets work on either layout.
 """
 
 import re
@@ -40,6 +47,7 @@ STRATEGIES = ("", "full", "linear_probe", "freeze_layers", "layer_decay", "gradu
               "discriminative", "lora")
 _FAMILY_ORDER = ("conv", "stage", "block", "layer", "dense")
 _PREFIX = re.compile(r"^(?:lora/)?backbone/([^/]+)/")
+SCANNED_UNIT = "layers"  # models.layout.SCANNED: all layers of a scanned transformer stack
 
 
 def _unit(path: str) -> str | None:
@@ -82,6 +90,15 @@ def _units_regex(units: Sequence[str]) -> str:
   return rf"(?:lora/)?backbone/{alternatives}/.*"
 
 
+def _require_looped(params, name: str):
+  """Per-layer presets need one unit per layer: refuses a scanned stack (`backbone/layers`)."""
+  if any(_unit(p) == SCANNED_UNIT for p in jax.tree_util.tree_leaves(tree_paths(params))):
+    raise ConfigError(
+        f"config.optim.strategy.name={name!r} treats layers apart, but the backbone's layers are "
+        "scanned into one [num_layers, ...] stack (backbone/layers); set "
+        "config.model.scan_layers=False")
+
+
 def _depth_groups(params, settings_for_depth) -> list[tuple[str, dict]]:
   """One group per backbone depth >= 1 (deepest last), settings from `settings_for_depth(d)`."""
   by_depth: dict[int, list[str]] = {}
@@ -110,6 +127,8 @@ def preset_groups(params, strategy: ml_collections.ConfigDict) -> list[tuple[str
   if name in ("", "full"):
     return []
   _require_backbone(params, name)
+  if name in ("freeze_layers", "layer_decay", "gradual_unfreeze"):
+    _require_looped(params, name)
   if name in ("linear_probe", "lora"):
     return [(r"backbone/.*", {"name": "backbone", "frozen": True})]
   if name == "discriminative":

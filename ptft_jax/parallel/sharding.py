@@ -59,6 +59,13 @@ LogicalAxes = tuple[str | None, ...]
 
 # (path regex, logical axes): the first fullmatch with as many axes as the leaf has dims wins.
 PARAM_AXES: tuple[tuple[str, LogicalAxes], ...] = (
+    # Scanned transformer stacks (model.scan_layers): a leading [num_layers] axis, kept whole.
+    (r".*/layers/attention/(query|key|value)/kernel", (None, "embed", "heads")),
+    (r".*/layers/attention/(query|key|value)/bias", (None, "heads")),
+    (r".*/layers/attention/out/kernel", (None, "heads", "embed")),
+    (r".*/layers/mlp/intermediate/kernel", (None, "embed", "mlp")),
+    (r".*/layers/mlp/intermediate/bias", (None, "mlp")),
+    (r".*/layers/mlp/output/kernel", (None, "mlp", "embed")),
     (r".*(position|token_type)_embeddings/embedding", (None, "embed")),
     (r".*/embedding", ("vocab", "embed")),  # word embeddings (also tied output layers)
     (r".*/(query|key|value)/kernel", ("embed", "heads")),

@@ -21,6 +21,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from ptft_jax.errors import ConfigError
+from ptft_jax.models import layout as model_layout
 from ptft_jax.optim import lora, precision
 from ptft_jax.optim import optimizer as optim
 from ptft_jax.parallel import sharding
@@ -93,10 +94,17 @@ class FineTuning:
         step=int(jax.device_get(state["step"])), config={"lora_merged": self.lora})
 
 
-def load_pretrained(workdir: str) -> tuple[dict, int]:
-  """{"params", "model_state"} of a pretraining run and its step; a LoRA run's adapters merged."""
+def load_pretrained(workdir: str, *, like: dict | None = None) -> tuple[dict, int]:
+  """{"params", "model_state"} of a pretraining run and its step; a LoRA run's adapters merged.
+
+  `like`: the params of the model they will go into; transformer layer stacks are then
+  converted to its layout (scanned `layers` <-> looped `layer_{i}`, `models.layout`).
+  """
   pretrained, step = checkpoint.load_params(workdir)
-  return {**pretrained, "params": lora.merge_loaded(pretrained["params"], workdir)}, step
+  params = lora.merge_loaded(pretrained["params"], workdir)
+  if like is not None:
+    params = model_layout.match_layout(params, like)
+  return {**pretrained, "params": params}, step
 
 
 def write_param_groups_json(workdir: str, groups: Sequence[optim.Group], params: dict,

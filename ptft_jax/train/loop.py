@@ -225,7 +225,7 @@ def _transfer(config: ml_collections.ConfigDict, workdir: str, params, model_sta
   Writes `<workdir>/transfer_report.json` (loaded / initialized / ignored paths).
   """
   source = config.init.pretrained_workdir
-  pretrained, src_step = finetune.load_pretrained(source)  # LoRA runs: adapters merged
+  pretrained, src_step = finetune.load_pretrained(source, like=params)  # LoRA merged, our layout
   loaded, report = checkpoint.transfer(
       {"params": params, "model_state": model_state}, pretrained,
       load=tuple(config.init.load), skip=tuple(config.init.skip))
