@@ -7,6 +7,7 @@ name from your data_dir.
   python -m ptft_jax.main --config=configs/bert.py:tiny --workdir=runs/bert_tiny
   python -m ptft_jax.main --config=configs/bert.py:base,dataset=wikipedia/20230601.en,\
 vocab=/path/to/vocab.txt,data_dir=/data/tfds --workdir=runs/bert_base
+  python -m ptft_jax.main --config=configs/bert.py:large,tiny --workdir=runs/bert_large_tiny
 
 Then fine-tune: `configs/glue.py:task=sst2,init=runs/bert_tiny` (see docs/text.md).
 
@@ -16,8 +17,18 @@ accuracy 0.566 (test 0.152 / 249 / 0.619); look at <workdir>/eval_validation.jso
 and eval_test.json. Its wall time was not recorded. `mini` and `base`: not
 measured on this machine.
 
+Expected, `large` (BERT-large: 24 layers x 1024, 16 heads, FFN 4096, 336,226,108
+parameters with the MLM and NSP heads; sequence 512, global batch 256; fsdp over all
+devices, remat=full, bfloat16 compute): on 8 devices of 16 GiB (32 sequences per
+device) memory.estimate gives ~4.7 GiB per device: state 646 MiB + update 162 MiB +
+gathered weights 1.1 GiB + activations 1.9 GiB + logits 894 MiB; remat=none would need
+30.5 GiB. Computed, not measured on such hardware. `large,tiny` (2 layers x 64,
+4 heads, sequence 64, batch 16, the same mesh, remat and dtype) trains 2 steps on 8
+simulated CPU devices with fsdp=8, loss finite (tests/e2e/test_scale_configs.py).
+
 Arguments (`configs/bert.py:VARIANT,key=value,...`):
-  tiny | mini | base   model size (default mini); see VARIANTS
+  tiny | mini | base | large   model size (default mini); see VARIANTS
+  large,tiny           the large family (mesh, remat, dtype) at test size
   dataset=NAME         a TFDS text corpus (lm1b, wikipedia/..., c4/...) instead of the
                        shipped one; must be prepared in data_dir (array_record)
   data_dir=DIR         TFDS data_dir (default $PTFT_DATA_DIR)
@@ -43,26 +54,36 @@ VARIANTS = {
                  batch_size=64, steps=3000, lr=5e-4),
     "base": dict(num_layers=12, hidden_size=768, num_heads=12, seq_len=128, vocab_size=30522,
                  batch_size=256, steps=100_000, lr=1e-4),
+    # BERT-large's shape; fsdp over all devices, remat=full, bfloat16 compute (get_config).
+    "large": dict(num_layers=24, hidden_size=1024, num_heads=16, seq_len=512,
+                  vocab_size=30522, batch_size=256, steps=1_000_000, lr=1e-4),
 }
+# `large,tiny`: the large family (its mesh, remat, dtype, rules) at test size.
+LARGE_TINY = dict(num_layers=2, hidden_size=64, num_heads=4, seq_len=64, vocab_size=4096,
+                  batch_size=16, steps=2, lr=1e-3)
 
 
-def model_config(variant: str, vocab_size: int) -> ml_collections.ConfigDict:
-  """`config.model` of a BERT variant (TransformerConfig fields)."""
-  v = VARIANTS[variant]
+def model_config(variant: str, vocab_size: int, v: dict | None = None
+                 ) -> ml_collections.ConfigDict:
+  """`config.model` of a BERT variant (TransformerConfig fields); `v` overrides its sizes."""
+  v = v or VARIANTS[variant]
   return ml_collections.ConfigDict(dict(
       name="bert", vocab_size=vocab_size, hidden_size=v["hidden_size"],
       num_layers=v["num_layers"], num_heads=v["num_heads"],
       intermediate_size=4 * v["hidden_size"], max_position_embeddings=512,
       type_vocab_size=2, dropout_rate=0.1, attention_dropout_rate=0.1,
-      remat="none"))  # "full" | "dots_saveable": recompute activations (memory.py)
+      # "full" | "dots_saveable": recompute activations (memory.py); large: full
+      remat="full" if variant == "large" else "none"))
 
 
 def get_config(arg: str = "mini"):
-  variant = next((a for a in (arg or "").split(",") if a in VARIANTS), "mini")
-  rest = ",".join(a for a in (arg or "").split(",") if a not in VARIANTS)
+  parts = (arg or "").split(",")
+  large = "large" in parts  # `large,tiny` is the large family at test size, not `tiny`
+  variant = "large" if large else next((a for a in parts if a in VARIANTS), "mini")
+  rest = ",".join(a for a in parts if a not in VARIANTS)
   args = common.parse_arg(rest, dataset="", data_dir="", vocab="", corpus="", nsp=True, steps=0,
                    lr=0.0, seed=0)
-  v = VARIANTS[variant]
+  v = LARGE_TINY if large and "tiny" in parts else VARIANTS[variant]
 
   c = common.base_config()
   c.seed = args["seed"]
@@ -74,7 +95,11 @@ def get_config(arg: str = "mini"):
   if args["dataset"]:
     c.eval_splits = ("validation",)
   vocab_size = text.vocab_file_size(args["vocab"]) if args["vocab"] else v["vocab_size"]
-  c.model = model_config(variant, vocab_size)
+  c.model = model_config(variant, vocab_size, v)
+  if large:  # params and Adam split over every device, the batch too; bf16 activations
+    c.mesh.data, c.mesh.fsdp = 1, -1
+    c.train.compute_dtype = "bfloat16"
+    c.train.device_memory_gib = 0.0  # 0: the backend's bytes_limit (none on CPU: no check)
 
   c.task = ml_collections.ConfigDict(dict(
       name="masked_lm", mask_rate=0.15,
@@ -85,8 +110,10 @@ def get_config(arg: str = "mini"):
   c.optim.warmup_steps = min(1000, v["steps"] // 10)
   c.optim.decay = "linear"
   c.train.steps = args["steps"] or v["steps"]
-  c.train.log_every = 50
-  c.train.eval_every = max(c.train.steps // 5, 1)
+  c.train.log_every = 1 if v is LARGE_TINY else 50
+  c.train.eval_every = 0 if v is LARGE_TINY else max(c.train.steps // 5, 1)
   c.train.checkpoint_every = max(c.train.steps // 2, 1)
   c.train.keep = 1
+  if v is LARGE_TINY:  # a quick look at the end, no TensorBoard files
+    c.data.max_eval_examples, c.eval_splits, c.train.tensorboard = 64, ("validation",), False
   return c

@@ -16,8 +16,17 @@ and m = 1 byte for each dropout mask (0 without dropout):
   remat "full"           d*s*b*h (each layer's input) + one layer of "none" while it is recomputed
 
 (for d = 2, m = 1, I = 4h, t = 1 the first is the paper's s*b*h*(34 + 5*a*s/h)).
-It leaves out the embeddings and the loss layer's logits, and XLA may fuse or
-reorder, so read it as the right order of magnitude, not a promise.
+
+`estimate(...)` is the whole step, per device, checked against XLA's own
+buffer assignment (`compiled.memory_analysis()`: arguments + outputs - aliased
++ temporaries; tests/unit/test_memory_analysis.py, within 20% for BERT and GPT
+at fsdp 1 and 8): the state (params, optimizer state, model state), the
+gradients, the optimizer's update (one more params-sized tree, live while
+optax computes it), the activations above, and the language-model logits,
+`tokens x vocab x 4` bytes three times (the float32 logits, their softmax and
+their gradient; the MLM head computes them only at the masked positions).
+`check_fits(...)` raises a ConfigError before compiling when that total
+exceeds the device's memory, naming fsdp / remat settings that would fit.
 """
 
 from collections.abc import Mapping
@@ -25,10 +34,14 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import AbstractMesh, AxisType
 
-from ptft_jax.parallel.sharding import Layout, batch_divisor
+from ptft_jax.errors import ConfigError
+from ptft_jax.parallel.sharding import MESH_AXES, Layout, batch_divisor
 
 REMAT_POLICIES = ("none", "full", "dots_saveable")
+LOGITS_COPIES = 3  # float32 logits, their softmax, their gradient (XLA keeps all three live)
+GIB = 1024 ** 3
 
 
 def tree_bytes(tree) -> int:
@@ -81,26 +94,83 @@ def _fmt(n: float) -> str:
   return f"{n:.1f} TiB"
 
 
-def _activations(config, layout: Layout, example: Mapping[str, Any]) -> str:
-  """'activations ~X per device (...)' for transformer backbones, else ''."""
+def _transformer_shape(config, layout: Layout, example: Mapping[str, Any]) -> dict | None:
+  """Per-device batch, sequence length and sizes of a bert / gpt run, or None for others."""
   mc = config.model
   if mc.get("name") not in ("bert", "gpt") or "input_ids" not in example:
-    return ""
+    return None
   accumulation = int(config.optim.get("accumulation_steps", 1))
   batch = max(int(config.data.batch_size) // batch_divisor(layout.mesh) // accumulation, 1)
-  remat = mc.get("remat", "none")
-  bf16 = config.train.get("compute_dtype", "float32") == "bfloat16" or mc.get(
-      "dtype", "float32") in ("bfloat16", "float16")
   hidden = int(mc.get("hidden_size", 768))
-  dropout = float(mc.get("dropout_rate", 0.1)) > 0 or float(
-      mc.get("attention_dropout_rate", 0.1)) > 0
-  est = transformer_activation_bytes(
-      batch=batch, seq_len=int(np.shape(example["input_ids"])[1]), hidden=hidden,
+  seq_len = int(np.shape(example["input_ids"])[1])
+  task = config.get("task") or {}
+  # Logits over the vocabulary: every token for a causal LM, the masked positions for BERT.
+  positions = {"causal_lm": seq_len, "masked_lm": int(task.get("max_predictions_per_seq", 0))}
+  return dict(
+      batch=batch, seq_len=seq_len, hidden=hidden,
       intermediate=int(mc.get("intermediate_size", 4 * hidden)),
       heads=int(mc.get("num_heads", 12)), layers=int(mc.get("num_layers", 12)),
-      dtype_bytes=2 if bf16 else 4, dropout=dropout, tensor=layout.mesh.shape["tensor"],
-      remat=remat)
-  return f" + activations ~{_fmt(est)} (batch {batch}/device, remat={remat})"
+      bf16=config.train.get("compute_dtype", "float32") == "bfloat16" or mc.get(
+          "dtype", "float32") in ("bfloat16", "float16"),
+      dropout=float(mc.get("dropout_rate", 0.1)) > 0 or float(
+          mc.get("attention_dropout_rate", 0.1)) > 0,
+      tensor=layout.mesh.shape["tensor"], remat=mc.get("remat", "none"),
+      logit_tokens=batch * positions.get(task.get("name", ""), 0),
+      vocab=int(mc.get("vocab_size", 0)))
+
+
+def _activation_terms(shape: dict | None, remat: str | None = None) -> dict[str, int]:
+  """{'activations': bytes, 'logits': bytes} per device for a transformer shape (else {})."""
+  if shape is None:
+    return {}
+  act = transformer_activation_bytes(
+      batch=shape["batch"], seq_len=shape["seq_len"], hidden=shape["hidden"],
+      intermediate=shape["intermediate"], heads=shape["heads"], layers=shape["layers"],
+      dtype_bytes=2 if shape["bf16"] else 4, dropout=shape["dropout"], tensor=shape["tensor"],
+      remat=remat or shape["remat"])
+  return {"activations": act,
+          "logits": LOGITS_COPIES * 4 * shape["logit_tokens"] * shape["vocab"] // shape["tensor"]}
+
+
+def estimate(state: Mapping[str, Any], layout: Layout, trainable=None, *, config=None,
+             example: Mapping[str, Any] | None = None, remat: str | None = None) -> dict[str, int]:
+  """Per-device bytes of one train step, by part; 'total' is their sum.
+
+  Args:
+    state: the train-state dict (live arrays or ShapeDtypeStructs).
+    layout: the run's Layout; its mesh may be a `jax.sharding.AbstractMesh`.
+    trainable: bool tree over params (frozen leaves have no gradients); None = all.
+    config: the run config (transformers: activations and logits; optional).
+    example: an example model batch; `input_ids` [batch, seq_len] gives the sequence length.
+    remat: overrides `config.model.remat` (to ask what another policy would cost).
+
+  Returns:
+    {"params", "optimizer state", "model state", "gradients", "optimizer update",
+    "gathered weights", ["activations", "logits",] "total"}: bytes on each device.
+  """
+  params, opt_state = state["params"], state["opt_state"]
+  shardings = layout.state_shardings(state)
+  param_shardings = jax.tree_util.tree_leaves(shardings["params"])
+  keep = (jax.tree_util.tree_leaves(trainable) if trainable is not None
+          else [True] * len(param_shardings))
+  grads = [x for x, t in zip(jax.tree_util.tree_leaves(params), keep, strict=True) if t]
+  grad_shardings = [s for s, t in zip(param_shardings, keep, strict=True) if t]
+  grad_bytes = per_device_bytes(grads, grad_shardings)
+  parts = {
+      "params": per_device_bytes(params, shardings["params"]),
+      "optimizer state": per_device_bytes(opt_state, shardings["opt_state"]),
+      "model state": per_device_bytes(state.get("model_state", {}),
+                                      shardings.get("model_state", {})),
+      "gradients": grad_bytes,
+      "optimizer update": grad_bytes,  # optax's updates tree, before apply_updates
+      # Sharded (fsdp / tensor) weights are all-gathered for the forward and backward
+      # passes; XLA keeps the gathered copies live between them, so count them whole.
+      "gathered weights": tree_bytes(params) - per_device_bytes(params, shardings["params"]),
+  }
+  if config is not None:
+    parts.update(_activation_terms(_transformer_shape(config, layout, example or {}), remat))
+  parts["total"] = sum(parts.values())
+  return parts
 
 
 def report(state: Mapping[str, Any], layout: Layout, trainable=None, *, config=None,
@@ -115,32 +185,104 @@ def report(state: Mapping[str, Any], layout: Layout, trainable=None, *, config=N
     example: an example model batch (its `input_ids` give the sequence length).
   """
   params, opt_state = state["params"], state["opt_state"]
-  shardings = layout.state_shardings(state)
-  grads = params
-  if trainable is not None:
-    keep = jax.tree_util.tree_leaves(trainable)
-    leaves = jax.tree_util.tree_leaves(params)
-    grads = [x for x, t in zip(leaves, keep, strict=True) if t]
-    grad_shardings = [s for s, t in zip(jax.tree_util.tree_leaves(shardings["params"]), keep,
-                                        strict=True) if t]
-  else:
-    grad_shardings = shardings["params"]
-  dev = {
-      "params": per_device_bytes(params, shardings["params"]),
-      "optimizer state": per_device_bytes(opt_state, shardings["opt_state"]),
-      "gradients": per_device_bytes(grads, grad_shardings),
-      "model state": per_device_bytes(state.get("model_state", {}),
-                                      shardings.get("model_state", {})),
-  }
+  parts = estimate(state, layout, trainable, config=config, example=example)
+  dev = {k: parts[k] for k in ("params", "optimizer state", "gradients", "model state")}
   mesh = dict(layout.mesh.shape)
   lines = [
       f"parameters: {tree_size(params):,} ({_fmt(tree_bytes(params))}); optimizer state "
       f"{_fmt(tree_bytes(opt_state))}; mesh {mesh}",
       "per device: " + " + ".join(f"{k} {_fmt(v)}" for k, v in dev.items() if v)
-      + f" = {_fmt(sum(dev.values()))}"
-      + (_activations(config, layout, example or {}) if config is not None else ""),
+      + f" = {_fmt(sum(dev.values()))}",
   ]
+  shape = _transformer_shape(config, layout, example or {}) if config is not None else None
+  if shape is not None:
+    lines[-1] += (
+        f" + optimizer update {_fmt(parts['optimizer update'])}"
+        + (f" + gathered weights {_fmt(parts['gathered weights'])}"
+           if parts["gathered weights"] else "")
+        + " + activations "
+        f"~{_fmt(parts['activations'])} + logits ~{_fmt(parts['logits'])} = "
+        f"~{_fmt(parts['total'])} per step (batch {shape['batch']}/device, "
+        f"remat={shape['remat']})")
   summary = layout.summary()
   if summary:
     lines.append(summary)
   return "\n".join(lines)
+
+
+def device_limit_bytes(config) -> int | None:
+  """`config.train.device_memory_gib` in bytes; 0 = the backend's `bytes_limit`, or None."""
+  gib = float(config.train.get("device_memory_gib", 0) or 0)
+  if gib < 0:
+    raise ConfigError(f"config.train.device_memory_gib={gib}: give the GiB of one device, or 0 "
+                      "(ask the backend)")
+  if gib:
+    return int(gib * GIB)
+  stats = jax.devices()[0].memory_stats() or {}  # None on CPU: nothing to check against
+  return int(stats["bytes_limit"]) if stats.get("bytes_limit") else None
+
+
+def _with_mesh(layout: Layout, sizes: tuple[int, int, int]) -> Layout:
+  """`layout`'s rules on an abstract mesh of (data, fsdp, tensor) `sizes` (no devices needed)."""
+  mesh = AbstractMesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  return Layout(mesh, layout.rules, layout.table)
+
+
+def fitting_settings(state: Mapping[str, Any], layout: Layout, trainable=None, *, config,
+                     example: Mapping[str, Any] | None, limit: int) -> list[tuple[int, str, int]]:
+  """[(fsdp, remat, total bytes)] that fit in `limit`: per remat policy the smallest fsdp.
+
+  Tries fsdp = 1, 2, 4, ... up to the device count (with the same tensor size;
+  data takes the rest) and, for transformers, every remat policy, with `estimate`.
+  """
+  devices, tensor = layout.mesh.size, layout.mesh.shape["tensor"]
+  transformer = _transformer_shape(config, layout, example or {}) is not None
+  remats = REMAT_POLICIES if transformer else (None,)
+  found = []
+  for remat in remats:
+    fsdp = 1
+    while fsdp * tensor <= devices:
+      if devices % (fsdp * tensor) == 0:
+        candidate = _with_mesh(layout, (devices // (fsdp * tensor), fsdp, tensor))
+        total = estimate(state, candidate, trainable, config=config, example=example,
+                         remat=remat)["total"]
+        if total <= limit:
+          found.append((fsdp, remat, total))
+          break
+      fsdp *= 2
+  return found
+
+
+def check_fits(state: Mapping[str, Any], layout: Layout, trainable=None, *, config,
+               example: Mapping[str, Any] | None = None) -> int | None:
+  """Raises ConfigError when `estimate`'s total exceeds a device's memory; returns the total.
+
+  The limit is `config.train.device_memory_gib` (0: the backend's `bytes_limit`;
+  None there, as on CPU: no check). The error names the estimate, the limit and
+  the fsdp / remat settings that would fit (`fitting_settings`).
+  """
+  limit = device_limit_bytes(config)
+  if limit is None:
+    return None
+  parts = estimate(state, layout, trainable, config=config, example=example)
+  if parts["total"] <= limit:
+    return parts["total"]
+  source = (f"config.train.device_memory_gib={config.train.device_memory_gib:g}"
+            if config.train.get("device_memory_gib") else "the backend's bytes_limit")
+  remat = config.model.get("remat") if "activations" in parts else None
+  now = f"fsdp={layout.mesh.shape['fsdp']}" + (f", remat={remat}" if remat else "")
+  biggest = sorted(((v, k) for k, v in parts.items() if k != "total"), reverse=True)[:3]
+  fits = fitting_settings(state, layout, trainable, config=config, example=example, limit=limit)
+  if fits:
+    options = " or ".join(
+        f"--config.mesh.fsdp={f} --config.mesh.data=-1"
+        + (f" --config.model.remat={r}" if r else "") + f" (~{_fmt(t)})" for f, r, t in fits)
+    advice = f"it would fit with {options}"
+  else:
+    advice = (f"no fsdp up to {layout.mesh.size} devices" + (" or remat" if remat else "")
+              + " fits: lower config.data.batch_size, raise config.optim.accumulation_steps or "
+              "set config.train.compute_dtype=bfloat16")
+  raise ConfigError(
+      f"the train step needs ~{_fmt(parts['total'])} per device with {now} ("
+      + ", ".join(f"{k} {_fmt(v)}" for v, k in biggest) + f") but a device has {_fmt(limit)} "
+      f"({source}); {advice}")
