@@ -92,6 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
        "opt_state": opt_state, "rng": state_rng})
   say(memory.report(state, layout, trainable, config=config, example=example))
+  memory.check_fits(state, layout, trainable, config=config, example=example)  # pre-compile
   if manager.latest_step() is not None:
     state = checkpoint.restore(manager, state, data_iterator=bundle.train_iterator)
     say(f"resumed from {checkpoint.checkpoint_dir(workdir)} at step {int(state['step'])}")
