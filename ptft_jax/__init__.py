@@ -14,6 +14,7 @@ The functional API (`import ptft_jax as pj`; docs/api.md shows it at work):
   pj.make_mesh, pj.host_to_global, pj.replicated
   pj.checkpoint                    make_manager, save, restore, load_params, transfer
   pj.load_predictor(workdir)       predict with a trained run
+  pj.load_params(path, mesh=...)   (model config, params) of a run or a HF BERT dir, sharded
 
 How the packages depend on each other: README.md, "How the code is organized".
 """
@@ -27,11 +28,12 @@ from ptft_jax.parallel.sharding import host_to_global, make_mesh, replicated
 from ptft_jax.tasks import losses, metrics
 from ptft_jax.tasks import text as tasks_text
 from ptft_jax.train import checkpoint, run, train_and_evaluate
+from ptft_jax.train.placement import load_params
 from ptft_jax.train.steps import init_variables, make_eval_step, make_train_step
 
 __all__ = [
-    "base_config", "checkpoint", "data", "host_to_global", "init_variables", "load_predictor",
-    "losses", "make_eval_step", "make_mesh", "make_optimizer", "make_schedule",
+    "base_config", "checkpoint", "data", "host_to_global", "init_variables", "load_params",
+    "load_predictor", "losses", "make_eval_step", "make_mesh", "make_optimizer", "make_schedule",
     "make_train_step", "metrics", "models", "optim", "replicated", "run", "sharding", "tasks",
     "tasks_text", "train_and_evaluate",
 ]

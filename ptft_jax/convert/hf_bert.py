@@ -9,13 +9,20 @@ are `[out, in]`; our Dense kernels are `[in, out]`.
 Loading is strict: unsafe names, unexpected or missing tensors, non-float
 dtypes, shape mismatches and a vocab.txt of the wrong size each raise a
 one-line `CheckpointError`.
+
+With a `placement` (param path -> target sharding), every tensor becomes a
+`jax.Array` built by `jax.make_array_from_callback`: each device's callback
+reads only its own slice from the memory-mapped file (`get_slice(name)[index]`,
+the transpose of an `[out, in]` weight applied to that slice), so no process
+ever holds a whole tensor on the host, let alone the whole model.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -38,6 +45,10 @@ SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD
                   "cls_token": "[CLS]", "mask_token": "[MASK]"}
 
 Params = dict[str, Any]
+# (param path "backbone/layer_0/attention/query/kernel", shape in our layout) -> Sharding.
+Placement = Callable[[str, tuple[int, ...]], jax.sharding.Sharding]
+# Rows per read when comparing tied tensors: bounded host memory for any vocabulary.
+_COMPARE_ROWS = 4096
 
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 # Non-parameter buffers that some HF versions save; skipped.
@@ -260,6 +271,29 @@ class _Tensors:
 
   def get(self, name: str, want_shape: tuple[int, ...]) -> np.ndarray:
     """Checks dtype and shape, returns float32 numpy."""
+    self.check(name, want_shape)
+    return np.asarray(self._file.get_tensor(self.names[name]), np.float32)
+
+  def read(self, name: str, index: tuple[slice, ...], *, transpose: bool) -> np.ndarray:
+    """float32 `value[index]` in our layout: of the `[out, in]` tensor when `transpose`."""
+    part = self._file.get_slice(self.names[name])[tuple(reversed(index)) if transpose else index]
+    part = np.asarray(part, np.float32)
+    return np.ascontiguousarray(part.T) if transpose else part
+
+  def equal(self, a: str, b: str) -> bool:
+    """Whether tensors `a` and `b` are equal, compared a block of rows at a time."""
+    shape = self.shape(b)
+    self.check(a, shape)
+    self.check(b, shape)
+    sa, sb = self._file.get_slice(self.names[a]), self._file.get_slice(self.names[b])
+    for start in range(0, shape[0] if shape else 1, _COMPARE_ROWS):
+      rows = slice(start, min(start + _COMPARE_ROWS, shape[0])) if shape else ()
+      if not np.array_equal(np.asarray(sa[rows], np.float32), np.asarray(sb[rows], np.float32)):
+        return False
+    return True
+
+  def check(self, name: str, want_shape: tuple[int, ...]) -> None:
+    """A float dtype and the shape the config wants (HF layout), or a CheckpointError."""
     dtype = self._file.get_slice(self.names[name]).get_dtype()
     if dtype not in _FLOAT_DTYPES:
       raise CheckpointError(
@@ -270,28 +304,39 @@ class _Tensors:
       raise CheckpointError(
           f"{self.path}: tensor {self.names[name]!r} has shape {shape}, expected "
           f"{tuple(want_shape)} from {CONFIG_FILE}")
-    return np.asarray(self._file.get_tensor(self.names[name]), np.float32)
 
 
-def _gather(tensors: _Tensors, spec) -> Params:
+def _gather(tensors: _Tensors, spec, placement: Placement | None = None,
+            prefix: str = "") -> Params:
+  """The params of `spec`: host float32 arrays, or jax.Arrays read slice by slice into
+  `placement(prefix + path, shape)`."""
   params: Params = {}
   for name, path, transpose, shape in spec:
-    value = tensors.get(name, shape)
-    _set(params, path, np.ascontiguousarray(value.T) if transpose else value)
+    if placement is None:
+      value = tensors.get(name, shape)
+      value = np.ascontiguousarray(value.T) if transpose else value
+    else:
+      tensors.check(name, shape)
+      ours = tuple(shape[::-1]) if transpose else tuple(shape)
+      value = jax.make_array_from_callback(
+          ours, placement(prefix + "/".join(path), ours),
+          functools.partial(tensors.read, name, transpose=transpose))
+    _set(params, path, value)
   return params
 
 
-def _load(model_dir: str, overrides) -> tuple[TransformerConfig, Params, dict[str, Params]]:
+def _load(model_dir: str, overrides, placement: Placement | None = None, *,
+          backbone: bool = True) -> tuple[TransformerConfig, Params, dict[str, Params]]:
   model_dir = os.fspath(model_dir)
   hf = _read_config(model_dir)
   with _Tensors(model_dir) as tensors:
-    config, params, heads = _load_tensors(model_dir, hf, tensors, overrides)
+    config, params, heads = _load_tensors(model_dir, hf, tensors, overrides, placement, backbone)
   if config.scan_layers:  # HF is looped; a scan_layers=True override asks for `layers/...`
     params = layout.loop_to_scan(params)
   return config, params, heads
 
 
-def _load_tensors(model_dir, hf, tensors, overrides):
+def _load_tensors(model_dir, hf, tensors, overrides, placement=None, backbone=True):
   present = set(tensors.names)
   pooler = bool(present & {"pooler.dense.weight", "pooler.dense.bias"})
   config = config_from_hf(
@@ -315,46 +360,62 @@ def _load_tensors(model_dir, hf, tensors, overrides):
   if missing:
     raise CheckpointError(f"{tensors.path}: missing tensors: {_short_list(missing)}")
 
-  params = _gather(tensors, backbone_spec)
-  heads = {head: _gather(tensors, spec) for head, spec in head_specs.items()}
+  params = _gather(tensors, backbone_spec, placement, "backbone/") if backbone else {}
+  heads = {head: _gather(tensors, spec, placement, f"heads/{head}/")
+           for head, spec in head_specs.items()}
   for tied, source in _TIED.items():
     if tied in present and source in present:
-      if not np.array_equal(tensors.get(tied, tensors.shape(source)),
-                            tensors.get(source, tensors.shape(source))):
+      if not tensors.equal(tied, source):
         raise CheckpointError(
             f"{tensors.path}: {tensors.names[tied]!r} differs from {tensors.names[source]!r}; "
             "untied MLM output layers are not supported")
   return config, params, heads
 
 
-def load_hf_bert(model_dir: str | os.PathLike, **overrides) -> tuple[TransformerConfig, Params]:
+def load_hf_bert(model_dir: str | os.PathLike, *, placement: Placement | None = None,
+                 **overrides) -> tuple[TransformerConfig, Params]:
   """Reads a HF BERT directory into a BertEncoder config and backbone params.
 
   Args:
     model_dir: directory with `config.json`, `model.safetensors` and,
       optionally, `vocab.txt` (its line count must equal vocab_size).
+    placement: optional `(path, shape) -> Sharding`, called with the Model path
+      (`backbone/layer_0/attention/query/kernel`) and our shape (`[in, out]`);
+      each leaf is then a jax.Array read slice by slice into that sharding.
     **overrides: TransformerConfig fields to replace (e.g. `dtype="bfloat16"`,
       `attention_impl="einsum"`, `dropout_rate=0.0`).
 
   Returns:
     `(config, params)`: params is the backbone tree (`embeddings/...`,
     `layer_{i}/...`, `pooler/dense/...` when the file has a pooler) of float32
-    numpy arrays; `config.pooler` says whether the pooler was there. With
-    `scan_layers=True` the layers come stacked under `layers/...` ([num_layers]
-    leading axis).
+    numpy arrays (jax.Arrays with a `placement`); `config.pooler` says whether
+    the pooler was there. With `scan_layers=True` the layers come stacked
+    under `layers/...` ([num_layers] leading axis).
   """
-  config, params, _ = _load(model_dir, overrides)
+  config, params, _ = _load(model_dir, overrides, placement)
   return config, params
 
 
-def load_hf_bert_heads(model_dir: str | os.PathLike) -> dict[str, Params]:
+def load_hf_bert_heads(model_dir: str | os.PathLike, *,
+                       placement: Placement | None = None) -> dict[str, Params]:
   """Pretraining heads in the file: `{"mlm": ..., "nsp": ...}` (those present).
 
   `mlm` is MaskedLMHead params (`transform/dense`, `transform/layer_norm`,
   `bias`) from `cls.predictions.*`; `nsp` is NextSentenceHead params (`dense`)
-  from `cls.seq_relationship.*`. The same strict checks as `load_hf_bert`.
+  from `cls.seq_relationship.*`. The same strict checks as `load_hf_bert`;
+  `placement` as there (paths `heads/mlm/...`).
   """
-  return _load(model_dir, {})[2]
+  return _load(model_dir, {}, placement, backbone=False)[2]
+
+
+def load_hf_bert_model(model_dir: str | os.PathLike, *, placement: Placement | None = None,
+                       **overrides) -> tuple[TransformerConfig, Params]:
+  """Backbone and heads in one read: `(config, {"backbone": ..., "heads": {"mlm", "nsp"}})`.
+
+  The Model layout (`ptft_jax.models.base.Model` paths); arguments as in `load_hf_bert`.
+  """
+  config, params, heads = _load(model_dir, overrides, placement)
+  return config, {"backbone": params, "heads": heads}
 
 
 def _export_tensors(config, params, spec, tree_name: str, prefix: str) -> dict[str, np.ndarray]:

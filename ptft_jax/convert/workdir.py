@@ -24,7 +24,7 @@ def write_pretrained_workdir(
     config: the backbone's TransformerConfig (`dataclasses.asdict` is JSON-able;
       `TransformerConfig(**d)` rebuilds it).
     params: Model-layout tree `{"backbone": {...}, "heads": {name: {...}}}` of
-      float32 numpy arrays (heads may be empty), i.e. the paths
+      float32 numpy or (sharded) jax arrays (heads may be empty), i.e. the paths
       `backbone/...` and `heads/<name>/...` of `ptft_jax.models.base.Model`.
     workdir: output directory.
   """
@@ -36,19 +36,23 @@ def write_pretrained_workdir(
 
 
 def import_hf_bert(
-    src: str | os.PathLike, workdir: str | os.PathLike
+    src: str | os.PathLike, workdir: str | os.PathLike, *, mesh=None, rules=None
 ) -> tuple[TransformerConfig, list[str]]:
   """A HF BERT directory -> pretrained workdir (backbone, any MLM / NSP heads, vocab.txt).
 
   What `python -m ptft_jax.convert hf-bert` and an `import_hf_bert` stage of
-  `ptft_jax.train.run` do. Returns the backbone's config and the imported head names.
+  `ptft_jax.train.run` do. Every tensor is read slice by slice straight into its
+  sharding on `mesh` (default: all devices on the fsdp axis) by `rules` (default
+  rules when None), and Orbax writes each shard from its device: no host ever
+  holds the whole model. Returns the backbone's config and the imported head names.
   """
   from ptft_jax.convert import hf_bert
+  from ptft_jax.train import placement
 
-  config, backbone = hf_bert.load_hf_bert(src)
-  heads = hf_bert.load_hf_bert_heads(src)
-  write_pretrained_workdir(config, {"backbone": backbone, "heads": heads}, workdir)
+  target = placement.layout(placement.import_mesh() if mesh is None else mesh, rules)
+  config, params = hf_bert.load_hf_bert_model(src, placement=placement.placer(target))
+  write_pretrained_workdir(config, params, workdir)
   vocab = os.path.join(os.fspath(src), hf_bert.VOCAB_FILE)
   if os.path.isfile(vocab):
     shutil.copyfile(vocab, os.path.join(os.fspath(workdir), hf_bert.VOCAB_FILE))
-  return config, sorted(heads)
+  return config, sorted(params["heads"])

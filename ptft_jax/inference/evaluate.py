@@ -16,7 +16,7 @@ from ptft_jax import data
 from ptft_jax.inference import predictor as inference
 from ptft_jax.optim import precision
 from ptft_jax.parallel import sharding
-from ptft_jax.train import steps
+from ptft_jax.train import placement, steps
 from ptft_jax.train.loop import evaluate
 from ptft_jax.utils import write_json_atomic
 
@@ -29,7 +29,8 @@ def evaluate_checkpoint(workdir: str, split: str = "test",
   mesh = sharding.make_mesh(config.get("mesh"))
   sharding.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
   bundle = data.make_data(config.data, seed=config.seed)
-  run = inference.load_run(workdir, checkpoint, sharding_=sharding.replicated(mesh),
+  # Params straight into the run's own shardings (config.mesh, config.sharding), as it trained.
+  run = inference.load_run(workdir, checkpoint, sharding_=placement.layout(mesh, config=config),
                            info=bundle.info)
   eval_step = jax.jit(steps.make_eval_step(
       run.model, run.task, compute_dtype=precision.compute_dtype(config)))

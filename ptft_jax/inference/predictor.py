@@ -40,6 +40,7 @@ from ptft_jax.models import build_model
 from ptft_jax.optim import lora, precision
 from ptft_jax.parallel import sharding
 from ptft_jax.train import checkpoint as ckpt
+from ptft_jax.train import placement
 
 log = logging.getLogger("ptft_jax")
 
@@ -77,6 +78,9 @@ class Run:
 def load_run(workdir: str, which: str | int = "latest", *, sharding_=None,
              info: Any = None) -> Run:
   """Rebuilds the model and task of `workdir` and loads checkpoint `which` onto `sharding_`.
+
+  `sharding_` as in `checkpoint.load_params`: a Layout (each leaf read straight
+  into its sharding by the rules), one Sharding, or None (the first local device).
 
   `info` (the dataset info) defaults to the one in `labels.json`; runs older
   than labels.json rebuild it from their data config.
@@ -309,13 +313,19 @@ def _split_texts(inputs) -> tuple[list[str], list[str | None] | None]:
 
 
 def load_predictor(workdir: str, checkpoint: str | int = "latest", *,
-                   batch_size: int | None = None, max_length: int | None = None) -> Predictor:
+                   batch_size: int | None = None, max_length: int | None = None,
+                   mesh=None) -> Predictor:
   """A `Predictor` for the run in `workdir` at `checkpoint` (latest | best | a step).
 
   Uses every local device (batches are split over them). `max_length` caps
   the text length below the run's `seq_len` (the default; a lower cap makes
-  predictions differ from the run's evaluation on longer texts).
+  predictions differ from the run's evaluation on longer texts). `mesh`
+  (default: all local devices on the data axis) places the params by the run's
+  sharding rules, e.g. `make_mesh({"fsdp": 8})` splits a model that does not
+  fit on one device; batches are split over its data x fsdp devices.
   """
-  mesh = sharding.make_mesh({"data": -1}, devices=jax.local_devices())
-  run = load_run(workdir, checkpoint, sharding_=sharding.replicated(mesh))
+  if mesh is None:
+    mesh = sharding.make_mesh({"data": -1}, devices=jax.local_devices())
+  layout = placement.layout(mesh, config=read_config(os.path.abspath(workdir)))
+  run = load_run(workdir, checkpoint, sharding_=layout)
   return Predictor(run, mesh, batch_size=batch_size, max_length=max_length)

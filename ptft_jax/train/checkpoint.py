@@ -257,7 +257,19 @@ def _shape_diffs(saved: dict[str, tuple], want: dict[str, tuple]) -> list[str]:
 
 
 def load_params(workdir: str, *, step: int | None = None, sharding=None) -> tuple[dict, int]:
-  """Reads `{"params", "model_state"}` of the latest complete (or given) step onto `sharding`."""
+  """Reads `{"params", "model_state"}` of the latest complete (or given) step.
+
+  Each leaf is read straight into its target sharding (Orbax reads on every
+  device only that device's slice), never whole onto one device first.
+
+  Args:
+    workdir: a run (or `<run>/best`, or an imported pretrained workdir).
+    step: a complete step; the latest when None.
+    sharding: where the leaves go: None (the first local device), one
+      `jax.sharding.Sharding` for every leaf, an object with a `shardings(tree)`
+      method (a `parallel.sharding.Layout`: by parameter path and the rules), or
+      a function `(path "params/backbone/...", jax.ShapeDtypeStruct) -> Sharding`.
+  """
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise CheckpointError(
@@ -273,13 +285,27 @@ def load_params(workdir: str, *, step: int | None = None, sharding=None) -> tupl
     if metadata is None:
       raise CheckpointError(f"checkpoint {directory}/{step} has no readable 'params' item "
                             "(corrupt, or not a ptft_jax checkpoint)")
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), getattr(metadata, "tree",
+                                                                         metadata))
+    shardings = target_shardings(shapes, sharding)
     target = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), metadata)
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     restored = _restore(manager, step, {"params": ocp.args.StandardRestore(target)})
   finally:
     manager.close()
   return restored["params"], step
+
+
+def target_shardings(shapes, sharding=None) -> Any:
+  """A Sharding per leaf of `shapes` (ShapeDtypeStructs); `sharding` as in `load_params`."""
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  if isinstance(sharding, jax.sharding.Sharding):
+    return jax.tree_util.tree_map(lambda _: sharding, shapes)
+  if hasattr(sharding, "shardings"):
+    return sharding.shardings(shapes)
+  return jax.tree_util.tree_map_with_path(lambda p, x: sharding(path_str(p), x), shapes)
 
 
 def transfer(
@@ -312,7 +338,13 @@ def transfer(
         mismatched.append(f"{path}: checkpoint {tuple(value.shape)} vs model {tuple(leaf.shape)}")
         return leaf
       loaded.append(path)
-      return jax.device_put(np.asarray(value, dtype=leaf.dtype), leaf.sharding)
+      # A jax.Array source (loaded in its target sharding) moves device to device; only a
+      # host (numpy) source is copied from the host.
+      if not isinstance(value, jax.Array):
+        value = np.asarray(value)
+      if value.dtype != leaf.dtype:
+        value = value.astype(leaf.dtype)
+      return jax.device_put(value, leaf.sharding)
     initialized.append(path)
     return leaf
 

@@ -94,13 +94,14 @@ class FineTuning:
         step=int(jax.device_get(state["step"])), config={"lora_merged": self.lora})
 
 
-def load_pretrained(workdir: str, *, like: dict | None = None) -> tuple[dict, int]:
+def load_pretrained(workdir: str, *, sharding=None, like: dict | None = None) -> tuple[dict, int]:
   """{"params", "model_state"} of a pretraining run and its step; a LoRA run's adapters merged.
 
+  `sharding` as in `checkpoint.load_params` (e.g. the run's Layout: each leaf read sharded).
   `like`: the params of the model they will go into; transformer layer stacks are then
   converted to its layout (scanned `layers` <-> looped `layer_{i}`, `models.layout`).
   """
-  pretrained, step = checkpoint.load_params(workdir)
+  pretrained, step = checkpoint.load_params(workdir, sharding=sharding)
   params = lora.merge_loaded(pretrained["params"], workdir)
   if like is not None:
     params = model_layout.match_layout(params, like)

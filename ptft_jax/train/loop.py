@@ -10,6 +10,7 @@ step and raise `preemption.Preempted` (the CLI exits 0); a NaN / Inf follows
 replaced atomically, so a failing run leaves what an earlier one wrote.
 """
 
+import dataclasses
 import functools
 import os
 import time
@@ -86,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f"{checkpoint.checkpoint_dir(workdir)}")
   manager = checkpoint.make_manager(workdir, max_to_keep=config.train.get("keep", 3))
   if config.init.pretrained_workdir and manager.latest_step() is None:
-    params, model_state = _transfer(config, workdir, params, model_state)
+    params, model_state = _transfer(config, workdir, params, model_state, layout)
   opt_state = layout.init(tx.init, params)  # sharded like the params it mirrors
   state = layout.put(
       {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
@@ -167,7 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- final evaluation ----------------------------------------------------------------------
   final, final_state = {}, ft.eval_state(state)
-  best = keeper.best_state(sharding.replicated(mesh)) if (
+  # Read straight into the training shardings: no device ever holds the whole model.
+  best = keeper.best_state(layout) if (
       keeper and early_stopping.restore_best(config)) else None
   if best is not None:  # the best validation checkpoint, not the last step
     final_state = {**best[0], "step": best[1]}
@@ -220,13 +222,17 @@ def _example_inputs(task, bundle) -> dict:
   return jax.jit(task.inputs, static_argnums=2)(example, jax.random.PRNGKey(0), False)
 
 
-def _transfer(config: ml_collections.ConfigDict, workdir: str, params, model_state):
+def _transfer(config: ml_collections.ConfigDict, workdir: str, params, model_state,
+              layout: sharding.Layout):
   """Params and model state with the pretrained run's leaves loaded per `config.init`.
 
+  The source is read straight into `layout`'s shardings (each device reads its slice).
   Writes `<workdir>/transfer_report.json` (loaded / initialized / ignored paths).
   """
   source = config.init.pretrained_workdir
-  pretrained, src_step = finetune.load_pretrained(source, like=params)  # LoRA merged, our layout
+  # A copy: the source's paths (heads this run drops) do not belong in this run's summary.
+  pretrained, src_step = finetune.load_pretrained(
+      source, sharding=dataclasses.replace(layout, replicated_dims={}), like=params)
   loaded, report = checkpoint.transfer(
       {"params": params, "model_state": model_state}, pretrained,
       load=tuple(config.init.load), skip=tuple(config.init.skip))

@@ -1,0 +1,104 @@
+"""One way to place a model: every load creates each leaf directly in its target sharding.
+
+Resume, transfer from a run, the best-checkpoint restore, `--mode=eval`,
+prediction and the Hugging Face import all take their shardings from the mesh
+and the logical-axis rules (`parallel.sharding.Layout`): Orbax restores each
+leaf into a `jax.ShapeDtypeStruct(..., sharding=...)` target, and safetensors
+tensors are read slice by slice inside `jax.make_array_from_callback`. No load
+reads the whole tree onto one device or copies it through host numpy, so a
+model that fits only sharded loads the same way it trains.
+
+  config, params = pj.load_params("runs/pretrain", mesh=pj.make_mesh({"fsdp": -1}))
+  config, params = pj.load_params(minilm_dir())          # a HF BERT dir, host numpy
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import Mesh, NamedSharding
+
+from ptft_jax.errors import CheckpointError
+from ptft_jax.optim import lora
+from ptft_jax.parallel import sharding
+from ptft_jax.train import checkpoint
+
+MODEL_CONFIG_FILE = "model_config.json"  # what convert.workdir writes next to imported weights
+
+
+def layout(mesh: Mesh, rules: Mapping[str, Any] | None = None, config=None) -> sharding.Layout:
+  """The Layout of `config.sharding` (if given) with `rules` on top (DEFAULT_RULES otherwise)."""
+  sc = dict((config or {}).get("sharding") or {})
+  sc["rules"] = {**dict(sc.get("rules") or {}), **dict(rules or {})}
+  return sharding.Layout.from_config({"sharding": sc}, mesh)
+
+
+def placer(target: sharding.Layout):
+  """`(param path, shape) -> NamedSharding` by the layout's rules (for `hf_bert.placement`)."""
+  fresh = dataclasses.replace(target, replicated_dims={})
+  return lambda path, shape: NamedSharding(fresh.mesh, fresh.spec(path, shape))
+
+
+def import_mesh(devices=None) -> Mesh:
+  """All devices on one fsdp axis: imported weights split as far as the rules allow."""
+  return sharding.make_mesh({"fsdp": -1}, devices=devices)
+
+
+def bytes_on(tree, device) -> int:
+  """Bytes of `tree`'s jax.Array shards held by `device` (the others are not counted)."""
+  return sum(shard.data.nbytes for leaf in jax.tree_util.tree_leaves(tree)
+             if isinstance(leaf, jax.Array)
+             for shard in leaf.addressable_shards if shard.device == device)
+
+
+def load_params(path: str | os.PathLike, *, mesh: Mesh | None = None,
+                rules: Mapping[str, Any] | None = None) -> tuple[Any, dict]:
+  """The model config and params of a run, an imported workdir, or a Hugging Face BERT dir.
+
+  Args:
+    path: a ptft_jax run directory (`config.json` of a run; params of its latest
+      complete checkpoint, LoRA adapters merged), a pretrained workdir written by
+      `python -m ptft_jax.convert hf-bert` (`model_config.json`), or a HF BERT
+      directory (`config.json` with `model_type` + `model.safetensors`).
+    mesh: with a mesh every leaf is a jax.Array created in its sharding by the
+      rules; without, a tree on the first local device (a run) or host float32
+      numpy (a HF dir), as before.
+    rules: logical axis -> mesh axis, over `parallel.sharding.DEFAULT_RULES`.
+
+  Returns:
+    `(model_config, params)`: a run's `config.model` (ConfigDict) or a
+    TransformerConfig (imported and HF); params in the Model layout
+    (`{"backbone": ..., "heads": ...}`). A run's model_state (BatchNorm
+    statistics) is in `pj.checkpoint.load_params`.
+  """
+  path = os.path.abspath(os.fspath(path))
+  target = layout(mesh, rules) if mesh is not None else None
+  config_file = os.path.join(path, "config.json")
+  hf = None
+  if os.path.isfile(config_file):
+    try:
+      with open(config_file) as f:
+        hf = json.load(f)
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f"{config_file}: unreadable ({e})") from None
+  if isinstance(hf, dict) and "model_type" in hf:  # a Hugging Face directory
+    from ptft_jax.convert import hf_bert
+
+    return hf_bert.load_hf_bert_model(
+        path, placement=placer(target) if target is not None else None)
+  if isinstance(hf, dict):  # a ptft_jax run
+    model_config = ml_collections.ConfigDict(hf).get("model")
+  elif os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
+    from ptft_jax.models.transformer import TransformerConfig
+
+    with open(os.path.join(path, MODEL_CONFIG_FILE)) as f:
+      model_config = TransformerConfig(**json.load(f))
+  else:
+    raise CheckpointError(f"{path}: neither a ptft_jax run (config.json), an imported workdir "
+                          f"({MODEL_CONFIG_FILE}) nor a Hugging Face BERT directory")
+  loaded, _ = checkpoint.load_params(path, sharding=target)
+  return model_config, lora.merge_loaded(loaded["params"], path)
