@@ -99,7 +99,6 @@ def get_config(arg: str = "mini"):
   if large:  # params and Adam split over every device, the batch too; bf16 activations
     c.mesh.data, c.mesh.fsdp = 1, -1
     c.train.compute_dtype = "bfloat16"
-    c.train.device_memory_gib = 0.0  # 0: the backend's bytes_limit (none on CPU: no check)
 
   c.task = ml_collections.ConfigDict(dict(
       name="masked_lm", mask_rate=0.15,

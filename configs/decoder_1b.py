@@ -63,7 +63,6 @@ def get_config(arg: str = ""):
   # Params and Adam split over every device; the batch too (fsdp is a batch axis).
   c.mesh.data, c.mesh.fsdp = 1, -1
   c.train.compute_dtype = "bfloat16"
-  c.train.device_memory_gib = 0.0  # 0: the backend's bytes_limit (none on CPU: no check)
 
   c.optim.lr = args["lr"] or v["lr"]
   c.optim.weight_decay = 0.1

@@ -72,6 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
   # non-finite is ever saved); "skip" keeps the old state for that step, up to
   # max_consecutive_skips steps in a row, then stops.
   c.train.nan_policy = "stop"
+  # GiB of one device, checked against the memory estimate before compiling
+  # (parallel/memory.py); 0: the backend's own limit (CPUs report none: no check).
+  c.train.device_memory_gib = 0.0
   c.train.max_consecutive_skips = 10
   c.train.compute_dtype = "float32"  # "bfloat16": bf16 compute, float32 params + optimizer
   # Early stopping on a validation metric ("" = off). patience: evaluations without
@@ -106,5 +109,6 @@ def base_config() -> ml_collections.ConfigDict:
   # the step budget); any other change is refused, so two experiments never mix.
   c.resumable_keys = ("train.steps", "train.log_every", "train.eval_every",
                       "train.checkpoint_every", "train.keep", "train.tensorboard",
-                      "train.nan_policy", "train.max_consecutive_skips")
+                      "train.nan_policy", "train.max_consecutive_skips",
+                      "train.device_memory_gib")
   return c
