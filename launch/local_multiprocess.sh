@@ -10,6 +10,7 @@
 #   PTFT_PORT           coordinator port on localhost (default: a free one)
 #   PYTHON              interpreter (default .venv/bin/python, else python3)
 #   PTFT_LOG_DIR        where processes 1..N-1 write process_<i>.log (default: a temp dir)
+#   PTFT_STOP_GRACE     seconds between SIGTERM and SIGKILL when stopping the others (10)
 # Process 0 prints to this terminal. The first process to fail stops the others; the
 # script exits with its status (0 when all succeed).
 set -euo pipefail
@@ -21,6 +22,7 @@ if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 PORT="${PTFT_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')}"
+STOP_GRACE="${PTFT_STOP_GRACE:-10}"
 LOG_DIR="${PTFT_LOG_DIR:-$(mktemp -d -t ptft_mp.XXXXXX)}"
 mkdir -p "$LOG_DIR"
 echo "local_multiprocess: $N processes x $K CPU devices, coordinator localhost:$PORT, logs of processes 1..$((N - 1)) in $LOG_DIR" >&2
@@ -42,8 +44,20 @@ for ((i = 0; i < N; i++)); do
   pids+=($!)
 done
 
-stop_all() {  # only the processes this script started
+stop_all() {  # only the processes this script started: SIGTERM, then SIGKILL after a grace
+  # period (a SIGTERM goes to JAX's preemption notifier, whose sync point a dead process
+  # never reaches)
+  local pid waited alive
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for ((waited = 0; waited < STOP_GRACE; waited++)); do
+    alive=0
+    for pid in "${pids[@]}"; do  # running, not a zombie waiting for this script
+      if [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" =~ ^[^Z] ]]; then alive=1; fi
+    done
+    if ((alive == 0)); then return; fi
+    sleep 1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
 trap 'stop_all; exit 130' INT TERM
 

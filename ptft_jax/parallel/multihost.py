@@ -24,6 +24,7 @@ and every process takes part in each Orbax save and restore.
 """
 
 import os
+import sys
 
 import jax
 
@@ -97,8 +98,28 @@ def initialize(coordinator_address: str = "", num_processes: int | None = None,
   kwargs = settings(coordinator_address, num_processes, process_id, multihost)
   if kwargs is None:
     return False
+  _exit_on_uncaught_error()
   jax.distributed.initialize(**kwargs)
   from ptft_jax.train import preemption  # late: ptft_jax.train imports much more
 
   preemption.check_multihost()
   return True
+
+
+def _exit_on_uncaught_error():
+  """An uncaught exception prints its traceback, then ends this process at once (status 1).
+
+  Otherwise the interpreter's exit would wait in `jax.distributed.shutdown`'s barrier
+  (up to 5 minutes) for processes that are themselves blocked in a collective waiting
+  for this one; the launcher (local_multiprocess.sh, srun --kill-on-bad-exit, ...) sees
+  the exit and stops the others.
+  """
+  previous = sys.excepthook
+
+  def hook(kind, value, traceback):
+    previous(kind, value, traceback)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+  sys.excepthook = hook

@@ -158,3 +158,35 @@ def test_should_stop_warns_once_when_the_preemption_check_cannot_run(monkeypatch
   monkeypatch.setattr(preemption, "_multihost_unavailable", False)
   assert not preemption.should_stop(3) and not preemption.should_stop(4)
   assert capsys.readouterr().err.splitlines() == [preemption._UNAVAILABLE]
+
+
+# Loaded at start-up through PYTHONPATH: process 1 fails right after joining the run.
+FAIL_AFTER_JOINING = '''import os
+if os.environ.get("PTFT_PROCESS_ID") == "1":
+  import jax
+  _join = jax.distributed.initialize
+  def _initialize(*args, **kwargs):
+    _join(*args, **kwargs)
+    raise RuntimeError("injected failure in process 1")
+  jax.distributed.initialize = _initialize
+'''
+
+
+def test_an_error_in_one_process_ends_the_run_quickly(tmp_path):
+  (tmp_path / "inject").mkdir()
+  (tmp_path / "inject" / "sitecustomize.py").write_text(FAIL_AFTER_JOINING)
+  start = time.monotonic()
+  proc = subprocess.run(
+      ["bash", "launch/local_multiprocess.sh", "2", f"--workdir={tmp_path / 'run'}", *ARGS,
+       "--config.train.steps=1000000"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "PYTHON": sys.executable, "PTFT_LOCAL_DEVICES": "4",
+           "PTFT_LOG_DIR": str(tmp_path / "logs"), "PTFT_STOP_GRACE": "5",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "inject"), REPO])})
+  elapsed = time.monotonic() - start
+  log1 = (tmp_path / "logs" / "process_1.log").read_text()
+  assert proc.returncode == 1, proc.stderr[-2000:] + log1[-2000:]
+  assert "RuntimeError: injected failure in process 1" in log1
+  assert "a process failed (exit 1); stopping the others" in proc.stderr
+  # Not the 5 minutes of jax.distributed.shutdown's barrier, nor a hang of process 0.
+  assert elapsed < 120, elapsed
