@@ -55,8 +55,15 @@ def _main(argv):
   absl_logging.set_verbosity(absl_logging.INFO if _DEBUG.value else absl_logging.ERROR)
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required (the directory for this run's outputs)")
-  multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                       _MULTIHOST.value)  # before anything asks jax for devices
+  if re.match(r"^[a-z][a-z0-9+.-]*://", _WORKDIR.value):
+    raise ConfigError(f"--workdir={_WORKDIR.value}: remote workdirs are not supported (ptft_jax "
+                      "writes config.json, metrics.jsonl and its checkpoint bookkeeping with "
+                      "local file operations); use a local or mounted path")
+  if multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                          _MULTIHOST.value):  # before anything asks jax for devices
+    from ptft_jax.train import preemption
+
+    preemption.check_multihost()  # says in one line if SIGTERM cannot be served
   if _MODE.value == "eval":
     from ptft_jax.inference import evaluate
 

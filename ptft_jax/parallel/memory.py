@@ -218,7 +218,8 @@ def device_limit_bytes(config) -> int | None:
                       "(ask the backend)")
   if gib:
     return int(gib * GIB)
-  stats = jax.devices()[0].memory_stats() or {}  # None on CPU: nothing to check against
+  # This process's first device: another process's devices report nothing here.
+  stats = jax.local_devices()[0].memory_stats() or {}  # None on CPU: nothing to check against
   return int(stats["bytes_limit"]) if stats.get("bytes_limit") else None
 
 

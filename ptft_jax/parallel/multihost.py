@@ -91,18 +91,15 @@ def initialize(coordinator_address: str = "", num_processes: int | None = None,
                process_id: int | None = None, multihost: bool = False) -> bool:
   """Calls `jax.distributed.initialize` as `settings` says; returns whether it did.
 
-  Call it first, before anything asks JAX for devices. Then checks that JAX's
-  preemption sync point can run, and warns in one line if not
-  (`train.preemption.check_multihost`).
+  Call it first, before anything asks JAX for devices. The caller then checks
+  that JAX's preemption sync point can run (`train.preemption.check_multihost`,
+  which warns in one line if not; ptft_jax/main.py does both).
   """
   kwargs = settings(coordinator_address, num_processes, process_id, multihost)
   if kwargs is None:
     return False
   _exit_on_uncaught_error()
   jax.distributed.initialize(**kwargs)
-  from ptft_jax.train import preemption  # late: ptft_jax.train imports much more
-
-  preemption.check_multihost()
   return True
 
 

@@ -160,6 +160,9 @@ CASES = {
     "diverging_learning_rate": (
         lambda e, w: [*DIGITS, w, "--config.optim.lr=1e38", "--config.optim.warmup_steps=0"],
         ["non-finite loss or gradient at step 2", "config.optim.lr"]),
+    "remote_workdir": (
+        lambda e, w: [*DIGITS, "--workdir=gs://bucket/run"],
+        ["--workdir=gs://bucket/run: remote workdirs are not supported", "mounted path"]),
     "missing_pretrained_path": (
         lambda e, w: [*DIGITS, w, f"--config.init.pretrained_workdir={e['root']}/nope"],
         ["no checkpoints in", "nope", "config.init.pretrained_workdir"]),
