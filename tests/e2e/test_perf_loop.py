@@ -28,6 +28,9 @@ class _Compiles(logging.Handler):
 @pytest.fixture()
 def spied_run(tmp_path, monkeypatch):
   """Runs an 8-step digits loop (log / eval / save every 4) under three spies."""
+  # An earlier test in this process may have compiled the very same step; JAX would then
+  # reuse it from its in-memory cache without a "Compiling" line to count.
+  jax.clear_caches()
   compiles = _Compiles()
   logging.getLogger("jax").addHandler(compiles)
   was_logging = jax.config.jax_log_compiles
