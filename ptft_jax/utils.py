@@ -33,6 +33,18 @@ def flat_paths(tree) -> dict[str, Any]:
   return {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def unflatten_paths(flat: dict[str, Any]) -> dict:
+  """{"a/b/c": v} -> {"a": {"b": {"c": v}}}: the inverse of `flat_paths` for dict trees."""
+  tree: dict = {}
+  for path, value in flat.items():
+    *parents, leaf = path.split("/")
+    node = tree
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  return tree
+
+
 def write_text_atomic(path: str, text: str) -> None:
   """Writes `text` to `path` atomically: a crash leaves the old file or the new one, never half."""
   tmp = f"{path}.tmp.{os.getpid()}"

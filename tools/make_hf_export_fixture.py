@@ -74,7 +74,7 @@ def _randomize(params: dict, seed: int = 0) -> dict:
 def build_run(tmp: str) -> None:
   """(ptft_jax venv) steps 1-2: tmp/trained -> tmp/run (params-only) + tmp/params.npz."""
   from ptft_jax.train import checkpoint
-  from ptft_jax.utils import flat_paths
+  from ptft_jax.utils import flat_paths, unflatten_paths
 
   trained, run = os.path.join(tmp, "trained"), os.path.join(tmp, "run")
   subprocess.run([sys.executable, "-m", "ptft_jax.main", *TRAIN_ARGS, f"--workdir={trained}",
@@ -82,13 +82,7 @@ def build_run(tmp: str) -> None:
   loaded, _ = checkpoint.load_params(trained)
   flat = _randomize({k: np.asarray(v) for k, v in flat_paths(loaded["params"]).items()})
   np.savez_compressed(os.path.join(tmp, "params.npz"), **flat)
-  tree: dict = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
+  tree = unflatten_paths(flat)
   os.makedirs(run)
   with open(os.path.join(trained, "config.json")) as f:
     config = json.load(f)

@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from ptft_jax.errors import CheckpointError, ConfigError
-from ptft_jax.utils import flat_paths, path_str, tree_paths
+from ptft_jax.utils import flat_paths, path_str, tree_paths, unflatten_paths
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"  # <workdir>/best: the best validation checkpoint (early_stopping.py)
@@ -385,13 +385,7 @@ def format_report(report: dict[str, list[str]]) -> str:
 
 def _status_groups(status: dict[str, str]) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
   """({status: [(path or subtree prefix, leaf count)]}, [partly-one-status prefixes])."""
-  tree: dict = {}
-  for path, value in status.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
+  tree = unflatten_paths(status)
   groups: dict[str, list[tuple[str, int]]] = {}
   partial: list[str] = []
 

@@ -11,6 +11,7 @@ r"""What a staged run reports: the summary table, validation curves, the strateg
   python -m ptft_jax.compare runs/strategies [stage ...]
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -50,28 +51,38 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def write_strategy_png(rows: list[dict], out_path: str):
-  """Test accuracy against trainable parameters (log scale), one marker per stage."""
+@contextlib.contextmanager
+def _png_axes(out_path: str):
+  """A 6 x 4 in matplotlib axes (headless Agg backend), written to `out_path` as a PNG on exit."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from matplotlib.ticker import NullFormatter
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  markers = "osD^vP*X"
-  for i, r in enumerate(rows):  # a legend, not labels: strategies often share an x
-    ax.scatter(max(r["trainable"], 1), r["test_accuracy"], s=50, marker=markers[i % 8],
-               label=f"{r['stage']} ({r['test_accuracy']:.3f})", alpha=0.8)
-  ax.set_xscale("log")
-  ax.xaxis.set_minor_formatter(NullFormatter())
-  ax.legend(fontsize=8, loc="best")
-  ax.set_xlabel("trainable parameters")
-  ax.set_ylabel("test accuracy")
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
-  plt.close(fig)
+  try:
+    yield ax
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+  finally:
+    plt.close(fig)
+
+
+def write_strategy_png(rows: list[dict], out_path: str):
+  """Test accuracy against trainable parameters (log scale), one marker per stage."""
+  from matplotlib.ticker import NullFormatter
+
+  with _png_axes(out_path) as ax:
+    markers = "osD^vP*X"
+    for i, r in enumerate(rows):  # a legend, not labels: strategies often share an x
+      ax.scatter(max(r["trainable"], 1), r["test_accuracy"], s=50, marker=markers[i % 8],
+                 label=f"{r['stage']} ({r['test_accuracy']:.3f})", alpha=0.8)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
 
 
 def write_strategy_report(workdir: str, stages: list[str]) -> str:
@@ -138,22 +149,14 @@ def read_metrics(workdir: str, split: str = "validation") -> list[dict]:
 
 def write_validation_curves_png(workdir: str, stages: list[str], out_path: str, key="accuracy"):
   """Validation `key` against step for each stage, one line each, to a PNG."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name in stages:
-    records = [r for r in read_metrics(os.path.join(workdir, name)) if key in r]
-    ax.plot([r["step"] for r in records], [r[key] for r in records], marker="o", label=name)
-  ax.set_xlabel("step")
-  ax.set_ylabel(f"validation {key}")
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
-  plt.close(fig)
+  with _png_axes(out_path) as ax:
+    for name in stages:
+      records = [r for r in read_metrics(os.path.join(workdir, name)) if key in r]
+      ax.plot([r["step"] for r in records], [r[key] for r in records], marker="o", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"validation {key}")
+    ax.legend()
+    ax.grid(alpha=0.3)
 
 
 def label_efficiency(results: dict[str, dict], spec: dict) -> dict:
@@ -203,24 +206,16 @@ def format_label_efficiency(curve: dict) -> str:
 
 def write_label_efficiency_png(curve: dict, out_path: str):
   """Test accuracy (mean ± std over seeds, error bars) against labels per class, log x."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ks = curve["labels_per_class"]
-  for variant, marker in zip(curve["variants"], "osD^v", strict=False):
-    acc = curve[variant]["test_accuracy"]
-    ax.errorbar(ks, acc["mean"], yerr=acc["std"], marker=marker, capsize=4,
-                label=curve.get("legend", {}).get(variant, variant))
-  ax.set_xscale("log")
-  ax.set_xticks(ks)
-  ax.set_xticklabels([str(k) for k in ks])
-  ax.set_xlabel("labeled training images per class")
-  ax.set_ylabel(f"test accuracy (mean ± std, {len(curve['seeds'])} seeds)")
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
-  plt.close(fig)
+  with _png_axes(out_path) as ax:
+    ks = curve["labels_per_class"]
+    for variant, marker in zip(curve["variants"], "osD^v", strict=False):
+      acc = curve[variant]["test_accuracy"]
+      ax.errorbar(ks, acc["mean"], yerr=acc["std"], marker=marker, capsize=4,
+                  label=curve.get("legend", {}).get(variant, variant))
+    ax.set_xscale("log")
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("labeled training images per class")
+    ax.set_ylabel(f"test accuracy (mean ± std, {len(curve['seeds'])} seeds)")
+    ax.legend()
+    ax.grid(alpha=0.3)

@@ -24,6 +24,7 @@ from ptft_jax.data.text import load_tokenizer
 from ptft_jax.inference import load_run
 from ptft_jax.models import transformer
 from ptft_jax.train import checkpoint
+from ptft_jax.utils import unflatten_paths
 from tests.helpers import FIXTURES, REPO
 
 FIXTURE = os.path.join(FIXTURES, "hf_export")
@@ -55,17 +56,6 @@ def test_torch_is_no_requirement():
   assert not {"torch", "pytorch", "transformers"} & set(names)
 
 
-def _tree(flat: dict) -> dict:
-  tree: dict = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  return tree
-
-
 def _write_run(workdir, *, params=True, **changes) -> str:
   """The fixture's run in `workdir` (config.json, labels.json, vocab.txt, a checkpoint).
 
@@ -88,7 +78,7 @@ def _write_run(workdir, *, params=True, **changes) -> str:
     json.dump({**labels, "vocab": vocab}, f)  # absolute: read the same by old and new runs
   if params:
     with np.load(os.path.join(FIXTURE, "run", "params.npz"), allow_pickle=False) as f:
-      checkpoint.save_pretrained(workdir, _tree(dict(f)))
+      checkpoint.save_pretrained(workdir, unflatten_paths(dict(f)))
   return workdir
 
 
