@@ -29,7 +29,7 @@ Arguments (`configs/decoder_1b.py:key=value,...`):
 
 import ml_collections
 
-from configs import common
+from configs import common, gpt
 from ptft_jax.data import text
 
 FULL = dict(num_layers=18, hidden_size=2048, num_heads=16, seq_len=2048, vocab_size=32000,
@@ -53,12 +53,8 @@ def get_config(arg: str = ""):
   if args["dataset"]:
     c.eval_splits = ("validation",)
   vocab_size = text.vocab_file_size(args["vocab"]) if args["vocab"] else v["vocab_size"]
-  c.model = ml_collections.ConfigDict(dict(
-      name="gpt", vocab_size=vocab_size, hidden_size=v["hidden_size"],
-      num_layers=v["num_layers"], num_heads=v["num_heads"],
-      intermediate_size=4 * v["hidden_size"], max_position_embeddings=v["seq_len"],
-      dropout_rate=0.0, attention_dropout_rate=0.0, layer_norm_eps=1e-5,
-      remat="full"))  # each layer keeps only its input: activations ~1/12 (memory.py)
+  # remat "full": each layer keeps only its input, activations ~1/12 (memory.py)
+  c.model = gpt.model_config(v, vocab_size, dropout=0.0, remat="full")
   c.task = ml_collections.ConfigDict(dict(name="causal_lm", tied=True))
   # Params and Adam split over every device; the batch too (fsdp is a batch axis).
   c.mesh.data, c.mesh.fsdp = 1, -1

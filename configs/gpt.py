@@ -31,6 +31,16 @@ VARIANTS = {
 }
 
 
+def model_config(v: dict, vocab_size: int, *, dropout: float,
+                 remat: str) -> ml_collections.ConfigDict:
+  """A `gpt` backbone of shape `v` (hidden_size, num_layers, num_heads, seq_len), FFN 4x."""
+  return ml_collections.ConfigDict(dict(
+      name="gpt", vocab_size=vocab_size, hidden_size=v["hidden_size"],
+      num_layers=v["num_layers"], num_heads=v["num_heads"],
+      intermediate_size=4 * v["hidden_size"], max_position_embeddings=v["seq_len"],
+      dropout_rate=dropout, attention_dropout_rate=dropout, layer_norm_eps=1e-5, remat=remat))
+
+
 def get_config(arg: str = "tiny"):
   variant = next((a for a in (arg or "").split(",") if a in VARIANTS), "tiny")
   rest = ",".join(a for a in (arg or "").split(",") if a not in VARIANTS)
@@ -48,12 +58,8 @@ def get_config(arg: str = "tiny"):
   if args["dataset"]:
     c.eval_splits = ("validation",)
   vocab_size = text.vocab_file_size(args["vocab"]) if args["vocab"] else v["vocab_size"]
-  c.model = ml_collections.ConfigDict(dict(
-      name="gpt", vocab_size=vocab_size, hidden_size=v["hidden_size"],
-      num_layers=v["num_layers"], num_heads=v["num_heads"],
-      intermediate_size=4 * v["hidden_size"], max_position_embeddings=v["seq_len"],
-      dropout_rate=0.1, attention_dropout_rate=0.1, layer_norm_eps=1e-5,
-      remat="none"))  # "full" | "dots_saveable": recompute activations (memory.py)
+  # remat "full" | "dots_saveable": recompute activations (memory.py)
+  c.model = model_config(v, vocab_size, dropout=0.1, remat="none")
   c.task = ml_collections.ConfigDict(dict(name="causal_lm", tied=True))
 
   c.optim.lr = args["lr"] or v["lr"]
