@@ -1,10 +1,18 @@
 """Model families. `build_model(config, heads)` picks a backbone by `config.model.name`.
 
 `bert_encode(config, params, input_ids, attention_mask, token_type_ids)` runs a
-BertEncoder's params as a plain function (e.g. weights from `load_hf_bert`).
+BertEncoder's params as a plain function (e.g. weights from `load_hf_bert`);
+`causal_lm_logits(model_config, params, input_ids, attention_mask)` does the same for
+a decoder and its LM head (e.g. weights from `ptft_jax.convert.load_hf`).
 """
 
+import functools
+from collections.abc import Mapping
+from typing import Any
+
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ptft_jax.errors import ConfigError
@@ -56,8 +64,55 @@ def build_model(model_config: ml_collections.ConfigDict, heads: dict[str, nn.Mod
   return Model(backbone=build_backbone(model_config), heads=heads)
 
 
+def lm_head_params(params: Mapping[str, Any]) -> Mapping[str, Any] | None:
+  """The untied LM head's params (`heads/lm`: `output/kernel` [hidden, vocab]) or None (tied)."""
+  head = (params.get("heads") or {}).get("lm") or {}
+  return head if "output" in head else None
+
+
+def lm_logits(features: Mapping[str, jax.Array], head: Mapping[str, Any] | None) -> jax.Array:
+  """`[batch, seq, vocab]` float32 logits from a decoder's features and `lm_head_params`."""
+  from ptft_jax.models.heads import CausalLMHead
+
+  if head is None:
+    return CausalLMHead(tied=True).apply({}, features, {}, train=False)
+  return CausalLMHead(tied=False).apply({"params": head}, features, {}, train=False)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _causal_lm_logits(backbone, params, input_ids, attention_mask):
+  features = backbone.apply({"params": params["backbone"]},
+                            {"input_ids": input_ids, "attention_mask": attention_mask},
+                            train=False)
+  return lm_logits(features, lm_head_params(params))
+
+
+def causal_lm_logits(
+    model_config: ml_collections.ConfigDict,
+    params: Mapping[str, Any],
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+) -> jax.Array:
+  """Next-token logits of a decoder: `[batch, seq, vocab]` float32.
+
+  Args:
+    model_config: `config.model` of a decoder (`name="gpt"` + TransformerConfig fields),
+      e.g. from `ptft_jax.convert.load_hf`.
+    params: `{"backbone": {...}, "heads": {"lm": {"output": {"kernel"}}}}`; without an
+      `heads/lm/output` the output layer is tied to the word embeddings.
+    input_ids: `[batch, seq]` int.
+    attention_mask: `[batch, seq]`, 1 = real token (default: all ones); positions count
+      from the first column, so pad on the right.
+  """
+  input_ids = jnp.asarray(input_ids, jnp.int32)
+  if attention_mask is None:
+    attention_mask = jnp.ones_like(input_ids)
+  backbone = build_backbone(ml_collections.ConfigDict(dict(model_config)))
+  return _causal_lm_logits(backbone, params, input_ids, jnp.asarray(attention_mask, jnp.int32))
+
+
 __all__ = [
     "BACKBONES", "ClassifierHead", "CnnBackbone", "DecoderHead", "MlpBackbone", "Model",
     "ProjectionHead", "build_backbone", "build_model",
-    "ResNet", "RnnBackbone", "bert_encode",
+    "ResNet", "RnnBackbone", "bert_encode", "causal_lm_logits", "lm_head_params", "lm_logits",
 ]

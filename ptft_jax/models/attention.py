@@ -100,9 +100,14 @@ def padding_mask(attention_mask: jax.Array) -> jax.Array:
   return jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
 
 
-def causal_mask(seq: int) -> jax.Array:
-  """Bool `[1, 1, seq, seq]`: query i attends to keys j <= i."""
-  return jnp.tril(jnp.ones((seq, seq), bool))[None, None]
+def causal_mask(seq: int, shape: int | None = None) -> jax.Array:
+  """Bool `[1, 1, n, n]`: query i attends to keys j <= i - (n - seq), n = `shape` or `seq`.
+
+  `causal_mask(seq)` is the causal mask; `causal_mask(seq - w, shape=seq)` marks the keys
+  at least `w` behind the query (what a sliding window of `w` hides).
+  """
+  n = seq if shape is None else shape
+  return jnp.tril(jnp.ones((n, n), bool), k=seq - n)[None, None]
 
 
 def segment_mask(segment_ids: jax.Array) -> jax.Array:

@@ -134,11 +134,13 @@ class Dense(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
     dtype = jnp.dtype(self.dtype)
-    y = matmul(x.astype(dtype), kernel.astype(dtype), out_dtype=jnp.float32) + bias
+    y = matmul(x.astype(dtype), kernel.astype(dtype), out_dtype=jnp.float32)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
     return y.astype(dtype)

@@ -63,16 +63,19 @@ PARAM_AXES: tuple[tuple[str, LogicalAxes], ...] = (
     (r".*/layers/attention/(query|key|value)/kernel", (None, "embed", "heads")),
     (r".*/layers/attention/(query|key|value)/bias", (None, "heads")),
     (r".*/layers/attention/out/kernel", (None, "heads", "embed")),
-    (r".*/layers/mlp/intermediate/kernel", (None, "embed", "mlp")),
-    (r".*/layers/mlp/intermediate/bias", (None, "mlp")),
+    (r".*/layers/mlp/(intermediate|gate)/kernel", (None, "embed", "mlp")),
+    (r".*/layers/mlp/(intermediate|gate)/bias", (None, "mlp")),
     (r".*/layers/mlp/output/kernel", (None, "mlp", "embed")),
     (r".*(position|token_type)_embeddings/embedding", (None, "embed")),
     (r".*/embedding", ("vocab", "embed")),  # word embeddings (also tied output layers)
     (r".*/(query|key|value)/kernel", ("embed", "heads")),
     (r".*/(query|key|value)/bias", ("heads",)),
     (r".*/attention/out/kernel", ("heads", "embed")),
+    (r".*/mlp/(intermediate|gate)/kernel", ("embed", "mlp")),  # gate: SwiGLU / GeGLU
+    (r".*/mlp/(intermediate|gate)/bias", ("mlp",)),
     (r".*/intermediate/kernel", ("embed", "mlp")),
     (r".*/intermediate/bias", ("mlp",)),
+    (r"heads/lm/output/kernel", ("embed", "vocab")),  # an untied LM head [hidden, vocab]
     (r".*/mlp/output/kernel", ("mlp", "embed")),
     (r".*/kernel", (None, None, "conv_in", "conv_out")),  # 2-D convolution [h, w, in, out]
     (r".*/kernel", (None, "conv_in", "conv_out")),  # 1-D convolution [w, in, out]
