@@ -18,11 +18,10 @@ ever holds a whole tensor on the host, let alone the whole model.
 """
 
 import dataclasses
-import functools
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -31,6 +30,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from ptft_jax.convert import safetensors_io
 from ptft_jax.errors import CheckpointError, UserError
 from ptft_jax.models import layout
 from ptft_jax.models.heads import MaskedLMHead, NextSentenceHead
@@ -44,13 +44,9 @@ SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                   "cls_token": "[CLS]", "mask_token": "[MASK]"}
 
-Params = dict[str, Any]
+Params = safetensors_io.Params
 # (param path "backbone/layer_0/attention/query/kernel", shape in our layout) -> Sharding.
-Placement = Callable[[str, tuple[int, ...]], jax.sharding.Sharding]
-# Rows per read when comparing tied tensors: bounded host memory for any vocabulary.
-_COMPARE_ROWS = 4096
-
-_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+Placement = safetensors_io.Placement
 # Non-parameter buffers that some HF versions save; skipped.
 _BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 _LEAVES = {"kernel": ("weight", True), "embedding": ("weight", False),
@@ -98,18 +94,10 @@ def _hf_name(path: tuple[str, ...], head: str | None = None) -> tuple[str, bool]
   return f"{prefix}.{suffix}", transpose
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      yield from _flatten(value, prefix + (key,))
-    else:
-      yield prefix + (key,), value
-
-
-def _set(tree: Params, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
+_flatten = safetensors_io.flatten
+_set = safetensors_io.set_path
+_short_list = safetensors_io.short_list
+_first_line = safetensors_io.first_line
 
 
 def _param_shapes(config: TransformerConfig, head: str | None = None) -> dict[tuple, tuple]:
@@ -136,12 +124,6 @@ def _spec(config: TransformerConfig, head: str | None = None):
     name, transpose = _hf_name(path, head)
     out.append((name, path, transpose, shape[::-1] if transpose else shape))
   return out
-
-
-def _short_list(names) -> str:
-  names = sorted(names)
-  more = f" (and {len(names) - 8} more)" if len(names) > 8 else ""
-  return ", ".join(names[:8]) + more
 
 
 def config_from_hf(
@@ -208,26 +190,11 @@ def _check_vocab(path: str, vocab_size: int) -> None:
 
 
 def _read_config(model_dir: str) -> dict[str, Any]:
-  path = os.path.join(model_dir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise CheckpointError(f"{path}: not found (expected a HF BERT directory)")
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{path}: cannot parse: {_first_line(e)}") from None
-
-
-def _first_line(error: Exception) -> str:
-  return (str(error).splitlines() or [type(error).__name__])[0]
+  return safetensors_io.read_json(os.path.join(model_dir, CONFIG_FILE), "a HF BERT directory")
 
 
 def _normalized_names(path: str, names: list[str]) -> dict[str, str]:
   """Name without `bert.` prefix (and gamma/beta -> weight/bias) -> name in the file."""
-  for name in names:
-    if ".." in name or name.startswith("/"):
-      raise CheckpointError(
-          f"{path}: unsafe tensor name {name!r} ('..' or leading '/'); refusing the file")
   prefix = "bert." if any(n.startswith("bert.") for n in names) else ""
   out = {}
   for name in names:
@@ -240,96 +207,25 @@ def _normalized_names(path: str, names: list[str]) -> dict[str, str]:
   return out
 
 
-class _Tensors:
-  """Validated view of `model.safetensors`: names without the `bert.` prefix."""
-
-  def __init__(self, model_dir: str):
-    self.path = os.path.join(model_dir, WEIGHTS_FILE)
-    if not os.path.isfile(self.path):
-      hint = " (pytorch_model.bin is never read)" if os.path.exists(
-          os.path.join(model_dir, "pytorch_model.bin")) else ""
-      raise CheckpointError(f"{self.path}: not found{hint}")
-    try:
-      self._file = safetensors.safe_open(self.path, framework="numpy")
-    except Exception as e:  # safetensors raises its own error types on bad headers.
-      raise CheckpointError(
-          f"{self.path}: not a valid safetensors file: {_first_line(e)}") from None
-    try:
-      self.names = _normalized_names(self.path, list(self._file.keys()))
-    except BaseException:
-      self._file.__exit__(None, None, None)
-      raise
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self._file.__exit__(*exc)
-
-  def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._file.get_slice(self.names[name]).get_shape())
-
-  def get(self, name: str, want_shape: tuple[int, ...]) -> np.ndarray:
-    """Checks dtype and shape, returns float32 numpy."""
-    self.check(name, want_shape)
-    return np.asarray(self._file.get_tensor(self.names[name]), np.float32)
-
-  def read(self, name: str, index: tuple[slice, ...], *, transpose: bool) -> np.ndarray:
-    """float32 `value[index]` in our layout: of the `[out, in]` tensor when `transpose`."""
-    part = self._file.get_slice(self.names[name])[tuple(reversed(index)) if transpose else index]
-    part = np.asarray(part, np.float32)
-    return np.ascontiguousarray(part.T) if transpose else part
-
-  def equal(self, a: str, b: str) -> bool:
-    """Whether tensors `a` and `b` are equal, compared a block of rows at a time."""
-    shape = self.shape(b)
-    self.check(a, shape)
-    self.check(b, shape)
-    sa, sb = self._file.get_slice(self.names[a]), self._file.get_slice(self.names[b])
-    for start in range(0, shape[0] if shape else 1, _COMPARE_ROWS):
-      rows = slice(start, min(start + _COMPARE_ROWS, shape[0])) if shape else ()
-      if not np.array_equal(np.asarray(sa[rows], np.float32), np.asarray(sb[rows], np.float32)):
-        return False
-    return True
-
-  def check(self, name: str, want_shape: tuple[int, ...]) -> None:
-    """A float dtype and the shape the config wants (HF layout), or a CheckpointError."""
-    dtype = self._file.get_slice(self.names[name]).get_dtype()
-    if dtype not in _FLOAT_DTYPES:
-      raise CheckpointError(
-          f"{self.path}: tensor {self.names[name]!r} has dtype {dtype}, expected a float dtype "
-          f"({'/'.join(_FLOAT_DTYPES)})")
-    shape = self.shape(name)
-    if shape != tuple(want_shape):
-      raise CheckpointError(
-          f"{self.path}: tensor {self.names[name]!r} has shape {shape}, expected "
-          f"{tuple(want_shape)} from {CONFIG_FILE}")
+def _tensors(model_dir: str) -> safetensors_io.Tensors:
+  """Validated view of `model.safetensors` (or its index): names without the `bert.` prefix."""
+  return safetensors_io.Tensors(model_dir, _normalized_names)
 
 
-def _gather(tensors: _Tensors, spec, placement: Placement | None = None,
+def _gather(tensors: safetensors_io.Tensors, spec, placement: Placement | None = None,
             prefix: str = "") -> Params:
   """The params of `spec`: host float32 arrays, or jax.Arrays read slice by slice into
   `placement(prefix + path, shape)`."""
-  params: Params = {}
-  for name, path, transpose, shape in spec:
-    if placement is None:
-      value = tensors.get(name, shape)
-      value = np.ascontiguousarray(value.T) if transpose else value
-    else:
-      tensors.check(name, shape)
-      ours = tuple(shape[::-1]) if transpose else tuple(shape)
-      value = jax.make_array_from_callback(
-          ours, placement(prefix + "/".join(path), ours),
-          functools.partial(tensors.read, name, transpose=transpose))
-    _set(params, path, value)
-  return params
+  entries = [safetensors_io.Entry(name, path, tuple(shape), transpose)
+             for name, path, transpose, shape in spec]
+  return safetensors_io.gather(tensors, entries, placement, prefix)
 
 
 def _load(model_dir: str, overrides, placement: Placement | None = None, *,
           backbone: bool = True) -> tuple[TransformerConfig, Params, dict[str, Params]]:
   model_dir = os.fspath(model_dir)
   hf = _read_config(model_dir)
-  with _Tensors(model_dir) as tensors:
+  with _tensors(model_dir) as tensors:
     config, params, heads = _load_tensors(model_dir, hf, tensors, overrides, placement, backbone)
   if config.scan_layers:  # HF is looped; a scan_layers=True override asks for `layers/...`
     params = layout.loop_to_scan(params)
