@@ -1,11 +1,18 @@
 """Weight converters from other frameworks' checkpoints (safetensors, no torch).
 
+  load_hf / hf_task_config: any supported Hugging Face directory, by its model_type
+    (`ptft_jax.convert.hf`).
+  load_hf_decoder: Hugging Face gpt2 / llama / mistral / qwen2 / gemma -> gpt backbone +
+    causal LM head (`ptft_jax.convert.hf_decoder`).
   load_hf_bert / load_hf_bert_heads / export_hf_bert / export_hf_classifier:
     Hugging Face BERT (`ptft_jax.convert.hf_bert`).
+  import_hf / import_hf_decoder / import_hf_bert: a HF directory -> pretrained workdir
+    (`ptft_jax.convert.workdir`).
   export_run: a fine-tuned text classifier run -> HF BertForSequenceClassification
     (`ptft_jax.convert.run_export`).
   minilm_dir: a real BERT (all-MiniLM-L6-v2) for tests (`ptft_jax.convert.minilm`).
-  CLI: `python -m ptft_jax.convert hf-bert --src DIR --workdir OUT`,
+  CLI: `python -m ptft_jax.convert hf --src DIR --workdir OUT` (any supported model),
+       `python -m ptft_jax.convert hf-bert --src DIR --workdir OUT`,
        `python -m ptft_jax.convert export-hf --workdir RUN --out DIR`.
 
 Attributes are imported lazily, so `python -m ptft_jax.convert.minilm` stays
@@ -18,8 +25,14 @@ _EXPORTS = {
   "export_hf_bert": "hf_bert",
   "export_hf_classifier": "hf_bert",
   "export_run": "run_export",
+  "hf_task_config": "hf",
+  "import_hf": "workdir",
+  "import_hf_bert": "workdir",
+  "import_hf_decoder": "workdir",
+  "load_hf": "hf",
   "load_hf_bert": "hf_bert",
   "load_hf_bert_heads": "hf_bert",
+  "load_hf_decoder": "hf_decoder",
   "minilm_dir": "minilm",
 }
 __all__ = sorted(_EXPORTS)

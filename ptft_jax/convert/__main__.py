@@ -1,5 +1,11 @@
-"""CLI: Hugging Face BERT in and out.
+"""CLI: Hugging Face models in (BERT and decoder LLMs), BERT classifiers out.
 
+  python -m ptft_jax.convert hf --src DIR --workdir OUT
+      reads a HF directory by config.json's model_type: bert as hf-bert below; gpt2,
+      llama, mistral, qwen2, gemma (model.safetensors or model.safetensors.index.json)
+      checked strictly and written as a pretrained workdir (gpt backbone + untied LM
+      head; model_config.json and task_config.json for a fine-tuning run; the tokenizer,
+      generation and chat-template files present).
   python -m ptft_jax.convert hf-bert --src DIR --workdir OUT
       reads a HF BERT directory (config.json, model.safetensors, vocab.txt),
       checks it strictly and writes a pretrained workdir (backbone + any
@@ -28,6 +34,15 @@ def _hf_bert(args: argparse.Namespace) -> None:
         f"{heads_note} -> {args.workdir}")
 
 
+def _hf(args: argparse.Namespace) -> None:
+  from ptft_jax.convert import workdir  # Lazy: keeps `--help` fast.
+
+  kind, config, heads = workdir.import_hf(args.src, args.workdir)
+  heads_note = f" + heads {heads}" if heads else ""
+  print(f"converted {args.src} ({kind}: {config.num_layers} layers, hidden "
+        f"{config.hidden_size}){heads_note} -> {args.workdir}")
+
+
 def _export_hf(args: argparse.Namespace) -> None:
   from ptft_jax.convert import run_export  # Lazy: keeps `--help` fast.
 
@@ -43,10 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--debug", action="store_true", help="show tracebacks")
   commands = parser.add_subparsers(dest="command", required=True)
-  hf = commands.add_parser("hf-bert", help="HF BERT directory -> pretrained workdir")
-  hf.add_argument("--src", required=True, help="dir with config.json + model.safetensors")
-  hf.add_argument("--workdir", required=True, help="output workdir")
-  hf.add_argument("--debug", action="store_true", help="show tracebacks")
+  for name, what in (("hf", "HF directory (bert, gpt2, llama, mistral, qwen2, gemma)"),
+                     ("hf-bert", "HF BERT directory")):
+    hf = commands.add_parser(name, help=f"{what} -> pretrained workdir")
+    hf.add_argument("--src", required=True, help="dir with config.json + model.safetensors")
+    hf.add_argument("--workdir", required=True, help="output workdir")
+    hf.add_argument("--debug", action="store_true", help="show tracebacks")
   out = commands.add_parser(
       "export-hf", help="fine-tuned text classifier run -> HF BertForSequenceClassification dir")
   out.add_argument("--workdir", required=True, help="the run (text_classification on bert)")
@@ -55,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   out.add_argument("--debug", action="store_true", help="show tracebacks")
   args = parser.parse_args(argv)
   try:
-    {"hf-bert": _hf_bert, "export-hf": _export_hf}[args.command](args)
+    {"hf": _hf, "hf-bert": _hf_bert, "export-hf": _export_hf}[args.command](args)
   except (UserError, NotImplementedError) as e:
     if args.debug:
       raise

@@ -3,36 +3,100 @@
 The workdir holds a params-only Orbax checkpoint (`ptft_jax.checkpoint.save_pretrained`)
 and the backbone's config as `model_config.json`, so a fine-tuning config names
 it in `config.init.pretrained_workdir` exactly like a pretraining run.
+
+  model_config.json   a BERT import: TransformerConfig fields (`TransformerConfig(**d)`);
+                      a decoder import: `config.model` of a run (`name="gpt"` + fields)
+  task_config.json    decoder imports: the task that continues training it
+                      (`{"name": "causal_lm", "tied": ...}`), for `config.task`
+  hf_config.json, tokenizer.json, tokenizer_config.json, special_tokens_map.json,
+  generation_config.json, chat_template.jinja
+                      decoder imports: copies of the HF files present (config.json is
+                      renamed: a workdir's config.json means a ptft_jax run)
+  vocab.txt           BERT imports
 """
 
 import dataclasses
+import json
 import os
 import shutil
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
+
+from ptft_jax.errors import CheckpointError
 from ptft_jax.models.transformer import TransformerConfig
 from ptft_jax.utils import write_json_atomic
 
+MODEL_CONFIG_FILE = "model_config.json"
+TASK_CONFIG_FILE = "task_config.json"
+HF_CONFIG_COPY = "hf_config.json"
+# HF files copied next to imported decoder weights (tokenizer, generation defaults).
+HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json", "chat_template.jinja")
+
+
+def _as_dict(config) -> dict[str, Any]:
+  if dataclasses.is_dataclass(config):
+    return dataclasses.asdict(config)
+  if isinstance(config, ml_collections.ConfigDict):
+    return config.to_dict()
+  return dict(config)
+
 
 def write_pretrained_workdir(
-    config: TransformerConfig, params: Mapping[str, Any], workdir: str | os.PathLike
+    config: TransformerConfig | Mapping[str, Any], params: Mapping[str, Any],
+    workdir: str | os.PathLike, *, task_config: Mapping[str, Any] | None = None,
 ) -> None:
   """Saves converted weights as a workdir that `ptft_jax.train.checkpoint` restores.
 
   Args:
     config: the backbone's TransformerConfig (`dataclasses.asdict` is JSON-able;
-      `TransformerConfig(**d)` rebuilds it).
+      `TransformerConfig(**d)` rebuilds it), or a run's `config.model` (a ConfigDict
+      or dict with `name`, as `load_hf_decoder` returns).
     params: Model-layout tree `{"backbone": {...}, "heads": {name: {...}}}` of
       float32 numpy or (sharded) jax arrays (heads may be empty), i.e. the paths
       `backbone/...` and `heads/<name>/...` of `ptft_jax.models.base.Model`.
     workdir: output directory.
+    task_config: written as `task_config.json` when given (e.g. `hf_task_config`).
   """
   from ptft_jax.train import checkpoint
 
-  config_dict = dataclasses.asdict(config)
-  checkpoint.save_pretrained(os.fspath(workdir), dict(params), config=config_dict)
-  write_json_atomic(os.path.join(os.fspath(workdir), "model_config.json"), config_dict)
+  config_dict = _as_dict(config)
+  workdir = os.fspath(workdir)
+  checkpoint.save_pretrained(workdir, dict(params), config=config_dict)
+  write_json_atomic(os.path.join(workdir, MODEL_CONFIG_FILE), config_dict)
+  if task_config is not None:
+    write_json_atomic(os.path.join(workdir, TASK_CONFIG_FILE), _as_dict(task_config))
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
+
+
+def read_model_config(workdir: str | os.PathLike) -> TransformerConfig | ml_collections.ConfigDict:
+  """`model_config.json` of an imported workdir: a TransformerConfig (BERT imports) or a
+  ConfigDict with `name` (decoder imports: use it as `config.model`)."""
+  path = os.path.join(os.fspath(workdir), MODEL_CONFIG_FILE)
+  data = _read_json(path)
+  if not isinstance(data, dict):
+    raise CheckpointError(f"{path}: not a JSON object")
+  if "name" in data:
+    return ml_collections.ConfigDict(data)
+  try:
+    return TransformerConfig(**data)
+  except TypeError as e:
+    raise CheckpointError(f"{path}: not a TransformerConfig: {str(e).splitlines()[0]}") from None
+
+
+def read_task_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict | None:
+  """`task_config.json` of an imported workdir (decoder imports), or None if absent."""
+  path = os.path.join(os.fspath(workdir), TASK_CONFIG_FILE)
+  return ml_collections.ConfigDict(_read_json(path)) if os.path.isfile(path) else None
 
 
 def import_hf_bert(
@@ -56,3 +120,45 @@ def import_hf_bert(
   if os.path.isfile(vocab):
     shutil.copyfile(vocab, os.path.join(os.fspath(workdir), hf_bert.VOCAB_FILE))
   return config, sorted(params["heads"])
+
+
+def import_hf_decoder(
+    src: str | os.PathLike, workdir: str | os.PathLike, *, mesh=None, rules=None
+) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """A HF decoder directory -> pretrained workdir (backbone, untied LM head, task config,
+  tokenizer and generation files).
+
+  Placement as `import_hf_bert`: each tensor is read slice by slice into its sharding on
+  `mesh` (default: all devices on the fsdp axis) by `rules`. Returns the model config
+  (`config.model`) and task config (`config.task`) a fine-tuning run uses.
+  """
+  from ptft_jax.convert import hf_decoder
+  from ptft_jax.train import placement
+
+  src, workdir = os.fspath(src), os.fspath(workdir)
+  target = placement.layout(placement.import_mesh() if mesh is None else mesh, rules)
+  model_config, params = hf_decoder.load_hf_decoder(src, placement=placement.placer(target))
+  task_config = hf_decoder.hf_task_config(src)
+  write_pretrained_workdir(model_config, params, workdir, task_config=task_config)
+  shutil.copyfile(os.path.join(src, "config.json"), os.path.join(workdir, HF_CONFIG_COPY))
+  for name in HF_SIDE_FILES:
+    if os.path.isfile(os.path.join(src, name)):
+      shutil.copyfile(os.path.join(src, name), os.path.join(workdir, name))
+  return model_config, task_config
+
+
+def import_hf(src: str | os.PathLike, workdir: str | os.PathLike, *, mesh=None,
+              rules=None) -> tuple[str, Any, list[str]]:
+  """Any supported HF directory -> pretrained workdir, by config.json's model_type.
+
+  BERT as `import_hf_bert`, decoders as `import_hf_decoder`. Returns
+  `(model_type, model config, imported head names)`.
+  """
+  from ptft_jax.convert import hf
+
+  kind = hf.model_type(src)
+  if kind in hf.BERT_TYPES:
+    config, heads = import_hf_bert(src, workdir, mesh=mesh, rules=rules)
+    return kind, config, heads
+  config, task = import_hf_decoder(src, workdir, mesh=mesh, rules=rules)
+  return kind, config, [] if task.tied else ["lm"]

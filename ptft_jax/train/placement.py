@@ -10,6 +10,7 @@ model that fits only sharded loads the same way it trains.
 
   config, params = pj.load_params("runs/pretrain", mesh=pj.make_mesh({"fsdp": -1}))
   config, params = pj.load_params(minilm_dir())          # a HF BERT dir, host numpy
+  config, params = pj.load_params("Qwen2-0.5B/")          # a HF decoder dir (config.model)
 """
 
 import dataclasses
@@ -57,21 +58,23 @@ def bytes_on(tree, device) -> int:
 
 def load_params(path: str | os.PathLike, *, mesh: Mesh | None = None,
                 rules: Mapping[str, Any] | None = None) -> tuple[Any, dict]:
-  """The model config and params of a run, an imported workdir, or a Hugging Face BERT dir.
+  """The model config and params of a run, an imported workdir, or a Hugging Face dir.
 
   Args:
     path: a ptft_jax run directory (`config.json` of a run; params of its latest
       complete checkpoint, LoRA adapters merged), a pretrained workdir written by
-      `python -m ptft_jax.convert hf-bert` (`model_config.json`), or a HF BERT
-      directory (`config.json` with `model_type` + `model.safetensors`).
+      `python -m ptft_jax.convert hf` / `hf-bert` (`model_config.json`), or a HF
+      directory (`config.json` with `model_type` bert, gpt2, llama, mistral, qwen2 or
+      gemma + `model.safetensors` or its index).
     mesh: with a mesh every leaf is a jax.Array created in its sharding by the
       rules; without, a tree on the first local device (a run) or host float32
       numpy (a HF dir), as before.
     rules: logical axis -> mesh axis, over `parallel.sharding.DEFAULT_RULES`.
 
   Returns:
-    `(model_config, params)`: a run's `config.model` (ConfigDict) or a
-    TransformerConfig (imported and HF); params in the Model layout
+    `(model_config, params)`: a ConfigDict `config.model` (a run; an imported or HF
+    decoder: `name="gpt"` + fields) or a TransformerConfig (imported and HF BERT);
+    params in the Model layout
     (`{"backbone": ..., "heads": ...}`). A run's model_state (BatchNorm
     statistics) is in `pj.checkpoint.load_params`.
   """
@@ -86,19 +89,17 @@ def load_params(path: str | os.PathLike, *, mesh: Mesh | None = None,
     except (OSError, ValueError) as e:
       raise CheckpointError(f"{config_file}: unreadable ({e})") from None
   if isinstance(hf, dict) and "model_type" in hf:  # a Hugging Face directory
-    from ptft_jax.convert import hf_bert
+    from ptft_jax.convert import hf as hf_convert
 
-    return hf_bert.load_hf_bert_model(
-        path, placement=placer(target) if target is not None else None)
+    return hf_convert.load_hf(path, placement=placer(target) if target is not None else None)
   if isinstance(hf, dict):  # a ptft_jax run
     model_config = ml_collections.ConfigDict(hf).get("model")
   elif os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
-    from ptft_jax.models.transformer import TransformerConfig
+    from ptft_jax.convert import workdir as convert_workdir
 
-    with open(os.path.join(path, MODEL_CONFIG_FILE)) as f:
-      model_config = TransformerConfig(**json.load(f))
+    model_config = convert_workdir.read_model_config(path)
   else:
     raise CheckpointError(f"{path}: neither a ptft_jax run (config.json), an imported workdir "
-                          f"({MODEL_CONFIG_FILE}) nor a Hugging Face BERT directory")
+                          f"({MODEL_CONFIG_FILE}) nor a Hugging Face model directory")
   loaded, _ = checkpoint.load_params(path, sharding=target)
   return model_config, lora.merge_loaded(loaded["params"], path)
