@@ -6,6 +6,8 @@ Parity with Hugging Face weights is in test_hf_decoders.py."""
 
 import dataclasses
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +16,11 @@ import numpy as np
 import pytest
 
 from ptft_jax import models
+from ptft_jax.convert import load_hf
 from ptft_jax.inference.generator import Generator, sample_tokens
 from ptft_jax.models import transformer
 from ptft_jax.parallel import sharding
+from tests.helpers import FIXTURES
 
 LLAMA_LIKE = dict(
     name="gpt", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
@@ -164,3 +168,22 @@ def test_bad_generation_arguments_say_what_to_fix():
     generator.generate(["hello"], max_new_tokens=2)
   with pytest.raises(UserError, match="top_p"):
     generator.generate(token_ids=[[1]], top_p=0.0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral", "qwen2", "gemma"])
+def test_greedy_generation_equals_transformers_token_for_token(arch):
+  """Three prompts of different lengths in ONE left-padded batch give exactly the tokens
+  transformers' greedy `generate` gave for each prompt alone (tools/make_decoder_fixtures.py)."""
+  model_dir = os.path.join(FIXTURES, "hf_decoders", arch)
+  reference = np.load(os.path.join(model_dir, "reference.npz"))
+  with open(os.path.join(model_dir, "config.json")) as f:
+    hf = json.load(f)
+  model_config, params = load_hf(model_dir)
+  generator = Generator(model_config, params, eos_ids=[hf["eos_token_id"]],
+                        pad_id=hf.get("pad_token_id") or 0)
+  prompts = [reference[f"prompt_{k}"].tolist() for k in range(3)]
+  out = generator.generate(token_ids=prompts, max_new_tokens=8)
+  for k, (prompt, got) in enumerate(zip(prompts, out, strict=True)):
+    want = reference[f"greedy_{k}"].tolist()[len(prompt):]
+    eos = [hf["eos_token_id"]] if got.finish_reason == "eos" else []
+    assert got.token_ids + eos == want, (arch, k)
