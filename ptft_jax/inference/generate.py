@@ -60,7 +60,7 @@ def token_rows(generator, rows: list[dict]) -> list[list[int]]:
     if generator.tokenizer is None:
       raise UserError("this model directory has no tokenizer.json: give input_ids lines")
     if "messages" in row:
-      out.append(generator.tokenizer.encode_chat(row["messages"], add_generation_prompt=True))
+      out.append(generator.encode_chat(row["messages"]))
     else:
       out.append(generator.encode_prompts([row["prompt"]])[0])
   return out

@@ -100,9 +100,10 @@ class Generator:
   Args:
     model_config: the decoder's `config.model` (ConfigDict / dict / TransformerConfig).
     params: `{"backbone": ..., "heads": {"lm": ...}}` (no `heads/lm/output`: tied).
-    tokenizer: optional; needs `encode(text) -> list[int]` and `decode(ids) -> str`
-      (`ptft_jax.data.text.hf_tokenizer`); without one, only `token_ids=` works.
-    eos_ids: tokens that end a row (default: the tokenizer's `eos_ids`).
+    tokenizer: optional `ptft_jax.data.text.hf_tokenizer.HfTokenizer` (text prompts are
+      encoded as transformers' tokenizer(text) does: its `prefix_ids`, e.g. bos, then
+      the text); without one, only `token_ids=` works.
+    eos_ids: tokens that end a row (default: the tokenizer's `stop_ids`).
     pad_id: the id written after a row has ended and used for left padding.
     mesh: place the batch and KV cache on it (params should already be placed).
   """
@@ -117,7 +118,7 @@ class Generator:
     self.params = {"backbone": params["backbone"], "head": lm_head_params(params)}
     self.tokenizer = tokenizer
     if eos_ids is None:
-      eos_ids = list(getattr(tokenizer, "eos_ids", None) or [])
+      eos_ids = list(getattr(tokenizer, "stop_ids", None) or [])
     self.eos_ids = tuple(int(i) for i in eos_ids)
     if pad_id is None:
       pad_id = getattr(tokenizer, "pad_id", None)
@@ -180,7 +181,14 @@ class Generator:
   def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
     if self.tokenizer is None:
       raise UserError("this generator has no tokenizer: pass token_ids= (lists of ints)")
-    return [list(self.tokenizer.encode(p)) for p in prompts]
+    prefix = list(self.tokenizer.prefix_ids)
+    return [prefix + list(self.tokenizer.encode(p)) for p in prompts]
+
+  def encode_chat(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    """A chat ([{"role", "content"}, ...]) through the chat template, generation prompt on."""
+    if self.tokenizer is None:
+      raise UserError("this generator has no tokenizer: pass token_ids= (lists of ints)")
+    return self.tokenizer.chat_ids(messages, add_generation_prompt=True)
 
   def generate(self, prompts: Sequence[str] | None = None, *,
                token_ids: Sequence[Sequence[int]] | None = None, max_new_tokens: int = 32,
@@ -243,15 +251,17 @@ class Generator:
 # --- loading ------------------------------------------------------------------------------
 
 
-def _load_tokenizer(*dirs: str):
-  """The first tokenizer.json among `dirs` through ptft_jax.data.text.hf_tokenizer, or None."""
+def _load_tokenizer(path: str, run_config: ml_collections.ConfigDict | None):
+  """The directory's tokenizer.json, else the one the run's data config names, else None."""
   from ptft_jax.data.text import hf_tokenizer
 
-  for d in dirs:
-    if d and os.path.exists(os.path.join(d, "tokenizer.json")):
-      return hf_tokenizer.load_tokenizer(d)
-    if d and d.endswith(".json") and os.path.isfile(d):
-      return hf_tokenizer.load_tokenizer(d)
+  if os.path.isfile(os.path.join(path, hf_tokenizer.TOKENIZER_FILE)):
+    return hf_tokenizer.load_hf_tokenizer(path, "--workdir")
+  named = run_config.get("data", {}).get("tokenizer", "") if run_config is not None else ""
+  if isinstance(named, Mapping) or hasattr(named, "get"):
+    named = named.get("path", "")
+  if named:
+    return hf_tokenizer.load_hf_tokenizer(str(named), "config.data.tokenizer")
   return None
 
 
@@ -279,12 +289,10 @@ def load_generator(path: str | os.PathLike, checkpoint: str | int = "latest", *,
     where, step, _ = ckpt.resolve_checkpoint(path, checkpoint)
     loaded, _ = ckpt.load_params(where, step=step, sharding=target)
     model_config, params = run_config.model, lora.merge_loaded(loaded["params"], path)
-    data_tokenizer = str(run_config.get("data", {}).get("tokenizer", "") or "")
   else:
     if checkpoint != "latest":
       raise UserError(f"{path} is not a ptft_jax run: --checkpoint {checkpoint} does not apply")
     model_config, params = placement.load_params(path, mesh=mesh, rules=rules)
-    data_tokenizer = ""
-  tokenizer = _load_tokenizer(path, data_tokenizer)
+  tokenizer = _load_tokenizer(path, run_config)
   return Generator(model_config, params, tokenizer=tokenizer, mesh=mesh)
 
