@@ -5,8 +5,9 @@ A checkpoint is `model.safetensors`, or several files listed by
 `save_pretrained` writes for large models). Files are memory-mapped: a tensor is
 read only when asked for, and a sharded load reads only each device's slice.
 
-`Tensors` validates names (no '..' or leading '/'), dtypes (float only) and
-shapes, each failure one line naming the file and tensor. `gather` turns a list
+`Tensors` validates names (no '..' or leading '/'), dtypes (float only: F16, BF16,
+F32, F64, all read as float32; BF16 through a memmap of its bytes, since numpy has no
+bfloat16) and shapes, each failure one line naming the file and tensor. `gather` turns a list
 of `Entry` (HF tensor -> our param path) into a params tree: host float32 numpy,
 or with a `placement` jax.Arrays built by `jax.make_array_from_callback`, each
 device's callback reading its own slice (`get_slice(name)[index]`; the transpose
@@ -137,6 +138,7 @@ class Tensors:
     index = os.path.join(model_dir, INDEX_FILE)
     self._files: dict[str, Any] = {}
     self._where: dict[str, str] = {}  # name in the files -> file path
+    self._headers: dict[str, tuple[int, dict]] = {}  # file -> (data start, header); BF16 reads
     try:
       if os.path.isfile(single):
         self.path = single
@@ -223,20 +225,41 @@ class Tensors:
   def get(self, name: str, want_shape: tuple[int, ...]) -> np.ndarray:
     """Checks dtype and shape, returns the whole tensor as float32 numpy."""
     self.check(name, want_shape)
-    return np.asarray(self._slice(name)[:], np.float32).reshape(want_shape)
+    return self._part(name, tuple(slice(None) for _ in want_shape)).reshape(want_shape)
+
+  def _bf16(self, name: str) -> np.ndarray:
+    """A read-only uint16 memmap of a BF16 tensor (numpy has no bfloat16; safetensors'
+    numpy reader refuses it): the file's header gives the tensor's byte range."""
+    real, path = self.names[name], self.file_of(name)
+    if path not in self._headers:
+      with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        self._headers[path] = (8 + size, json.loads(f.read(size)))
+    start, header = self._headers[path]
+    begin, _ = header[real]["data_offsets"]
+    shape = tuple(header[real]["shape"])
+    return np.memmap(path, dtype="<u2", mode="r", offset=start + begin, shape=shape)
+
+  def _part(self, name: str, index) -> np.ndarray:
+    """float32 `tensor[index]`, reading only that part of the file."""
+    part = self._slice(name)
+    if part.get_dtype() == "BF16":  # bfloat16 = the top 16 bits of a float32
+      bits = np.asarray(self._bf16(name)[index], np.uint32)
+      return (bits << 16).view(np.float32)
+    return np.asarray(part[index], np.float32)
 
   def read(self, name: str, index: tuple[slice, ...], *, transpose: bool,
            columns: tuple[int, int] | None = None) -> np.ndarray:
     """float32 `value[index]` in our layout: of the `[out, in]` tensor when `transpose`; of
     its last-axis range `columns` when given."""
-    index = tuple(index)
+    index = tuple(index) + (slice(None),) * (len(self.shape(name)) - len(tuple(index)))
     if transpose:
       index = tuple(reversed(index))
     if columns is not None:
       last = index[-1] if index else slice(None)
       start, stop, _ = last.indices(columns[1] - columns[0])
       index = index[:-1] + (slice(columns[0] + start, columns[0] + stop),)
-    part = np.asarray(self._slice(name)[index], np.float32)
+    part = self._part(name, index)
     return np.ascontiguousarray(part.T) if transpose else part
 
   def equal(self, a: str, b: str) -> bool:
@@ -244,10 +267,9 @@ class Tensors:
     shape = self.shape(b)
     self.check(a, shape)
     self.check(b, shape)
-    sa, sb = self._slice(a), self._slice(b)
     for start in range(0, shape[0] if shape else 1, _COMPARE_ROWS):
-      rows = slice(start, min(start + _COMPARE_ROWS, shape[0])) if shape else ()
-      if not np.array_equal(np.asarray(sa[rows], np.float32), np.asarray(sb[rows], np.float32)):
+      rows = (slice(start, min(start + _COMPARE_ROWS, shape[0])),) if shape else ()
+      if not np.array_equal(self._part(a, rows), self._part(b, rows)):
         return False
     return True
 

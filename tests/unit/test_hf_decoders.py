@@ -10,6 +10,7 @@ import re
 import shutil
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -213,6 +214,27 @@ def test_transformers4_config_base_model_names_and_buffers(loaded, tmp_path):
   assert flat(params).keys() == flat(loaded["llama"][1]).keys()
   for path, value in flat(loaded["llama"][1]).items():
     np.testing.assert_array_equal(flat(params)[path], value, err_msg=path)
+
+
+def test_bfloat16_and_float16_tensors_read_as_float32(tmp_path):
+  """Checkpoints in bfloat16 (most released LLMs) or float16: each value exactly its
+  float32 widening, also for the tied lm_head comparison."""
+  model_dir = _copy("gemma", tmp_path)
+  want = {}
+
+  def narrow(t):
+    for i, name in enumerate(sorted(t)):
+      t[name] = t[name].astype(ml_dtypes.bfloat16 if i % 2 else np.float16)
+      want[name] = t[name].astype(np.float32)
+    t["lm_head.weight"] = t["model.embed_tokens.weight"].copy()  # a tied copy, equal
+  _edit_tensors(model_dir, narrow)
+  _, params = hf_decoder.load_hf_decoder(model_dir)
+  np.testing.assert_array_equal(params["backbone"]["embeddings"]["word_embeddings"]["embedding"],
+                                want["model.embed_tokens.weight"])
+  np.testing.assert_array_equal(params["backbone"]["layer_1"]["mlp"]["gate"]["kernel"],
+                                want["model.layers.1.mlp.gate_proj.weight"].T)
+  np.testing.assert_array_equal(params["backbone"]["final_norm"]["scale"],
+                                want["model.norm.weight"])
 
 
 def _split_into_index(model_dir):
