@@ -131,16 +131,17 @@ def _sliding_window(hf: Mapping[str, Any], model_type: str, num_layers: int, pat
   window = hf.get("sliding_window") or 0
   if model_type == "mistral":
     return int(window)
-  if model_type != "qwen2":
+  if model_type != "qwen2" or not window:
     return 0
-  if "layer_types" in hf and hf["layer_types"] is not None:
+  if hf.get("layer_types") is not None:  # transformers 5
     sliding = [t == "sliding_attention" for t in hf["layer_types"]]
-  else:
-    first = hf.get("max_window_layers", num_layers)
+  else:  # transformers 4: layers from max_window_layers (default 28) on, if enabled
+    first = hf.get("max_window_layers")
+    first = 28 if first is None else first
     sliding = [bool(hf.get("use_sliding_window")) and i >= first for i in range(num_layers)]
   if not any(sliding):
     return 0
-  if not all(sliding) or not window:
+  if not all(sliding):
     raise CheckpointError(
         f"{path}: a sliding window on layers {[i for i, s in enumerate(sliding) if s]} of "
         f"{num_layers} is not supported (only on all layers or none)")
@@ -155,8 +156,8 @@ def config_from_hf(hf: Mapping[str, Any], path: str = CONFIG_FILE,
   fields (dropout 0); `overrides` replace fields (e.g. `dtype="bfloat16"`, `scan_layers=True`).
   """
   model_type = _model_type(hf, path)
-  hf = {**_DEFAULTS[model_type], **{k: v for k, v in hf.items() if v is not None}}
-  missing = [k for k in _REQUIRED[model_type] if k not in hf]
+  hf = {**_DEFAULTS[model_type], **hf}  # an explicit null stays null ("sliding_window": null)
+  missing = [k for k in _REQUIRED[model_type] if hf.get(k) is None]
   if missing:
     raise CheckpointError(f"{path}: missing key {missing[0]!r}")
   if model_type == "gpt2":
@@ -177,7 +178,7 @@ def config_from_hf(hf: Mapping[str, Any], path: str = CONFIG_FILE,
     kv_heads = hf.get("num_key_value_heads") or heads
     if model_type == "gemma":  # transformers maps Gemma's legacy "gelu" to the tanh form
       act_key = "hidden_activation" if hf.get("hidden_activation") else "hidden_act"
-      act = hf.get(act_key, "gelu_pytorch_tanh")
+      act = hf.get(act_key) or "gelu_pytorch_tanh"
       act = "gelu_pytorch_tanh" if act == "gelu" else act
     else:
       act_key, act = "hidden_act", hf["hidden_act"]

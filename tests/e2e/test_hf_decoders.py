@@ -59,6 +59,23 @@ def test_sharded_load_gives_the_same_params_and_logits(mesh, arch):
   assert np.max(np.abs(logits - ref["logits"])) <= 1e-4
 
 
+def test_packed_qkv_split_across_tensor_parallel_columns():
+  """GPT-2's c_attn [hidden, 3 * hidden] on fsdp=2 x tensor=4: each device reads a column
+  block of q, k or v, offset into the packed tensor."""
+  mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
+  config, host = hf_decoder.load_hf_decoder(_dir("gpt2"))
+  _, params = hf_decoder.load_hf_decoder(
+      _dir("gpt2"), placement=placement.placer(placement.layout(mesh)))
+  for part in ("query", "key", "value"):
+    for leaf in ("kernel", "bias"):
+      value = params["backbone"]["layer_1"]["attention"][part][leaf]
+      assert value.sharding.spec[-1] == "tensor", (part, leaf, value.sharding.spec)
+      np.testing.assert_array_equal(value, host["backbone"]["layer_1"]["attention"][part][leaf])
+  ref = _reference("gpt2")
+  logits = np.asarray(causal_lm_logits(config, params, ref["input_ids"]))
+  assert np.max(np.abs(logits - ref["logits"])) <= 1e-4
+
+
 def test_scanned_layers(mesh):
   config, params = hf_decoder.load_hf_decoder(
       _dir("llama"), scan_layers=True, placement=placement.placer(placement.layout(mesh)))

@@ -107,6 +107,25 @@ def test_configs_map_each_architecture(loaded):
   assert dict(hf.hf_task_config(_dir("llama"))) == {"name": "causal_lm", "tied": False}
 
 
+def test_config_defaults_and_nulls():
+  """Keys a config.json omits take transformers' defaults; an explicit null is kept."""
+  with open(os.path.join(_dir("mistral"), "config.json")) as f:
+    hf_config = json.load(f)
+  assert hf_decoder.config_from_hf({**hf_config, "sliding_window": None}).sliding_window == 0
+  hf_config.pop("sliding_window")
+  assert hf_decoder.config_from_hf(hf_config).sliding_window == 4096  # MistralConfig's
+  with open(os.path.join(_dir("gemma"), "config.json")) as f:
+    hf_config = json.load(f)
+  legacy = {**hf_config, "hidden_act": "gelu", "hidden_activation": None}  # Gemma 2b/7b
+  assert hf_decoder.config_from_hf(legacy).activation == "gelu_tanh"
+  with open(os.path.join(_dir("qwen2"), "config.json")) as f:
+    hf_config = json.load(f)
+  v4 = {k: v for k, v in hf_config.items() if k != "layer_types"}
+  v4.update(use_sliding_window=True, sliding_window=4, max_window_layers=0)
+  assert hf_decoder.config_from_hf(v4).sliding_window == 4
+  assert hf_decoder.config_from_hf({**v4, "max_window_layers": 2}).sliding_window == 0
+
+
 def _copy(arch, tmp_path) -> str:
   out = str(tmp_path / arch)
   shutil.copytree(_dir(arch), out)
@@ -213,6 +232,22 @@ def test_transformers4_config_base_model_names_and_buffers(loaded, tmp_path):
   assert config == loaded["llama"][0]
   assert flat(params).keys() == flat(loaded["llama"][1]).keys()
   for path, value in flat(loaded["llama"][1]).items():
+    np.testing.assert_array_equal(flat(params)[path], value, err_msg=path)
+
+
+def test_gpt2_hub_names_and_buffers(loaded, tmp_path):
+  """The hub's gpt2 file: GPT2Model names (no `transformer.`) with causal-mask buffers."""
+  model_dir = _copy("gpt2", tmp_path)
+
+  def hub(t):
+    for name in list(t):
+      t[name.removeprefix("transformer.")] = t.pop(name)
+    for i in range(2):
+      t[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 128, 128), np.float32))
+      t[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+  _edit_tensors(model_dir, hub)
+  _, params = hf_decoder.load_hf_decoder(model_dir)
+  for path, value in flat(loaded["gpt2"][1]).items():
     np.testing.assert_array_equal(flat(params)[path], value, err_msg=path)
 
 
