@@ -18,9 +18,11 @@ import safetensors.numpy
 import ptft_jax as pj
 from ptft_jax.convert import __main__ as cli
 from ptft_jax.convert import hf, hf_decoder
+from ptft_jax.convert.hf_bert import export_hf_bert
 from ptft_jax.errors import CheckpointError
 from ptft_jax.models import build_backbone, causal_lm_logits
 from ptft_jax.models.heads import CausalLMHead
+from ptft_jax.models.transformer import BertEncoder, TransformerConfig
 from tests.helpers import FIXTURES, flat
 
 ARCHS = ("gpt2", "llama", "mistral", "qwen2", "gemma")
@@ -324,6 +326,23 @@ def test_cli_hf_writes_a_workdir_load_params_reads(loaded, tmp_path, capsys):
   # A HF decoder directory itself: the same tree.
   config, params = pj.load_params(_dir("qwen2"))
   assert config == loaded["qwen2"][0] and params["heads"] == {}
+
+
+def test_cli_hf_and_load_hf_take_bert_too(tmp_path, capsys):
+  tiny = TransformerConfig(vocab_size=12, hidden_size=8, num_layers=1, num_heads=2,
+                           intermediate_size=16, max_position_embeddings=16)
+  shapes = jax.eval_shape(lambda: BertEncoder(tiny).init(
+      jax.random.key(0), {"input_ids": np.zeros((1, 1), np.int32)}, train=False))["params"]
+  params = jax.tree_util.tree_map(lambda s: np.full(s.shape, 0.5, np.float32), shapes)
+  export_hf_bert(tiny, params, tmp_path / "bert")
+  config, loaded_params = hf.load_hf(tmp_path / "bert")
+  assert config == tiny and hf.hf_task_config(tmp_path / "bert") is None
+  assert not hf.is_decoder(tmp_path / "bert") and loaded_params["heads"] == {}
+  out = str(tmp_path / "w")
+  assert cli.main(["hf", "--src", str(tmp_path / "bert"), "--workdir", out]) == 0
+  assert "(bert: 1 layers, hidden 8) -> " in capsys.readouterr().out
+  assert pj.load_params(out)[0] == tiny
+  assert not os.path.exists(os.path.join(out, "task_config.json"))
 
 
 def test_cli_hf_bad_source_is_one_line(tmp_path, capsys):
