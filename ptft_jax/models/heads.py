@@ -12,9 +12,10 @@ Parameter layout (relative to `heads/<name>/`), matching HF BERT's `cls.*`:
                  bias [vocab]              (output weights tied to word_embeddings)
   NextSentenceHead:  dense/{kernel [hidden, 2], bias [2]}
   CausalLMHead:  nothing when tied; output/kernel [hidden, vocab] when untied.
+                 Logits, or chunked scores of batch["lm_targets"] (see the class).
   SequenceClassificationHead:  classifier/{kernel [hidden, num_classes], bias}
 
-All heads return float32 logits.
+All heads return float32 logits (CausalLMHead: or float32 target scores).
 """
 
 from collections.abc import Mapping, Sequence
@@ -141,26 +142,89 @@ class NextSentenceHead(nn.Module):
     return logits.astype(jnp.float32)
 
 
-class CausalLMHead(nn.Module):
-  """Next-token logits over the whole sequence: `[batch, seq, vocab]`.
+LM_TARGETS = "lm_targets"  # batch key: the token each position predicts (CausalLMHead scores it)
 
-  Tied: `sequence @ word_embeddings.T` (no params). Untied: `output` dense
-  without bias, sized from `features["word_embeddings"]`.
+
+class _OutputKernel(nn.Module):
+  """The untied output layer's `kernel` [hidden, vocab] (nn.Dense's path, init and dtype)."""
+
+  vocab: int
+
+  @nn.compact
+  def __call__(self, hidden: int) -> jax.Array:
+    return self.param("kernel", _INIT, (hidden, self.vocab), jnp.float32)
+
+
+def target_scores(project, x: jax.Array, targets: jax.Array, *,
+                  chunk: int) -> dict[str, jax.Array]:
+  """Per-position NLL and correctness of `targets` under `project(x)`, `chunk` positions at a time.
+
+  Args:
+    project: `[b, c, hidden]` -> float32 logits `[b, c, vocab]`.
+    x: `[batch, seq, hidden]`.
+    targets: int `[batch, seq]`.
+    chunk: positions per chunk; 0 (or >= seq) = all at once.
+
+  Returns `{"nll": [batch, seq], "correct": [batch, seq]}` float32 (correct: the argmax is
+  the target). With chunks, `jax.lax.map` runs `jax.checkpoint`ed chunks: the logits of
+  one chunk `[batch, chunk, vocab]` exist at a time, forward and backward (recomputed),
+  never `[batch, seq, vocab]`.
+  """
+
+  def score(xc, tc):
+    logits = project(xc)
+    label = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - label  # = optax's integer-label cross-entropy
+    correct = (jnp.argmax(logits, axis=-1) == tc).astype(jnp.float32)
+    return nll, correct
+
+  b, seq, hidden = x.shape
+  if chunk <= 0 or chunk >= seq:
+    nll, correct = score(x, targets)
+  else:
+    n = -(-seq // chunk)
+    pad = n * chunk - seq
+    xs = jnp.pad(x, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, hidden).swapaxes(0, 1)
+    ts = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+    nll, correct = jax.lax.map(jax.checkpoint(lambda a: score(*a)), (xs, ts))
+    unchunk = lambda v: v.swapaxes(0, 1).reshape(b, n * chunk)[:, :seq]
+    nll, correct = unchunk(nll), unchunk(correct)
+  return {"nll": nll, "correct": correct}
+
+
+class CausalLMHead(nn.Module):
+  """Next-token logits over the whole sequence `[batch, seq, vocab]`, or scores of given targets.
+
+  Tied: `sequence @ word_embeddings.T` (no params). Untied: `output/kernel` [hidden,
+  vocab] (no bias), sized from `features["word_embeddings"]`. Logits are float32.
+
+  Without `batch["lm_targets"]` it returns the logits (evaluation of other kinds,
+  prediction, generation). With `batch["lm_targets"]` (int [batch, seq]: the token
+  each position predicts; the causal-LM tasks add it) it returns their scores
+  `{"nll", "correct"}` [batch, seq] computed `chunk` positions at a time
+  (`target_scores`): the loss never holds `[batch, seq, vocab]` logits, which for
+  a 128k vocabulary would dwarf the model's activations. Same params either way.
   """
 
   tied: bool = True
   dtype: str = "float32"
+  chunk: int = 256  # positions per chunk when scoring lm_targets; 0 = all at once
 
   @nn.compact
   def __call__(self, features: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], *,
-               train: bool) -> jax.Array:
-    del batch, train
+               train: bool) -> jax.Array | dict[str, jax.Array]:
+    del train
     x, table = features["sequence"], features["word_embeddings"]
     if self.tied:
-      return _tied_logits(x, table)
-    out = nn.Dense(table.shape[0], use_bias=False, dtype=self.dtype, kernel_init=_INIT,
-                   name="output")
-    return out(x).astype(jnp.float32)
+      w = table.astype(x.dtype)
+    else:
+      dtype = jnp.dtype(self.dtype)
+      w = _OutputKernel(table.shape[0], name="output")(x.shape[-1]).astype(dtype)
+      x = x.astype(dtype)
+    project = lambda h: matmul_lib.matmul(h, w, transpose_w=self.tied, out_dtype=jnp.float32)
+    if LM_TARGETS not in batch:
+      return project(x)
+    return target_scores(project, x, batch[LM_TARGETS], chunk=self.chunk)
 
 
 class SequenceClassificationHead(nn.Module):

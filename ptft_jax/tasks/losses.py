@@ -1,8 +1,17 @@
-"""Pure loss functions. Each returns per-example values; callers take the mean."""
+"""Pure loss functions. Each returns per-example values; callers take the mean.
+
+`LOSS_COUNT`: a task whose loss is a mean over a varying number of terms (target
+tokens) reports that number as `metrics[LOSS_COUNT]`; gradient accumulation
+(train/accumulate.py) then weights its microbatches by it, so the step's loss is
+the sum over the whole batch divided by the whole batch's count.
+"""
 
 import jax
 import jax.numpy as jnp
 import optax
+
+LOSS_COUNT = "loss_count"
+
 
 
 def softmax_cross_entropy(

@@ -1,8 +1,16 @@
-"""Text tasks: masked LM (+ next-sentence prediction), causal LM, classification, regression.
+"""Text tasks: masked LM (+ next-sentence prediction), causal LM, SFT, classification, regression.
 
-Registered in `tasks.BUILDERS` as "masked_lm", "causal_lm", "text_classification"
-and "text_regression". They need text data (`config.data.kind="text"`): the
-builders read vocabulary ids, the format and the classes from its `TextInfo`.
+Registered in `tasks.BUILDERS` as "masked_lm", "causal_lm", "sft",
+"text_classification" and "text_regression". They need text data
+(`config.data.kind="text"`): the builders read vocabulary ids, the format and the
+classes from its `TextInfo`.
+
+Causal LM and SFT share one next-token loss: the task's `inputs` adds
+`lm_targets` (each position's next token), so the LM head scores them chunk by
+chunk (`config.task.loss_chunk` positions at a time, never `[batch, seq, vocab]`
+logits); the loss is the NLL summed over the target tokens of the whole batch
+divided by their count, which it reports as `loss_count` so that gradient
+accumulation keeps that normalization exact across microbatches.
 
 Masking happens on the device in `MaskedLM.inputs`, from the step's rng (part
 of the train state), so a resumed run masks exactly as the original would have.
@@ -20,6 +28,7 @@ import optax
 from ptft_jax.data.text import TextInfo
 from ptft_jax.errors import ConfigError
 from ptft_jax.models.heads import (
+  LM_TARGETS,
   CausalLMHead,
   MaskedLMHead,
   NextSentenceHead,
@@ -76,13 +85,22 @@ def mask_tokens(
   return corrupted, jnp.where(weights, positions, 0), labels, weights
 
 
-def _check_vocab(outputs: dict, vocab_size: int):
-  """Trace-time check that the model's embedding table fits the tokenizer."""
+def _check_vocab(outputs: dict, vocab_size: int, exact: bool = True):
+  """Trace-time check that the model's embedding table fits the tokenizer.
+
+  `exact=False` (Hugging Face tokenizers): the table may be larger than the tokenizer.
+  """
   table = outputs["features"].get("word_embeddings")
-  if table is not None and table.shape[0] != vocab_size:
+  if table is None:
+    return
+  if exact and table.shape[0] != vocab_size:
     raise ConfigError(
         f"config.model.vocab_size={table.shape[0]} but the tokenizer has {vocab_size} tokens "
         "(config.data.tokenizer); make them equal")
+  if table.shape[0] < vocab_size:
+    raise ConfigError(
+        f"config.model.vocab_size={table.shape[0]} is smaller than the tokenizer's "
+        f"{vocab_size} tokens (config.data.tokenizer); the model cannot embed every id")
 
 
 def _token_terms(logits, targets, weights):
@@ -163,23 +181,41 @@ class MaskedLM:
     return out
 
 
+def next_token_scores(outputs: dict, batch: Batch) -> tuple[jax.Array, jax.Array]:
+  """(NLL, correct) of token t+1 at each position t: float32 [batch, seq - 1].
+
+  From the LM head's target scores (`{"nll", "correct"}`, when the inputs held
+  `lm_targets`) or, for a head that returned logits `[batch, seq, vocab]`, from those.
+  """
+  out = outputs["lm"]
+  if isinstance(out, dict):
+    return out["nll"][:, :-1], out["correct"][:, :-1]
+  logits, targets = out[:, :-1].astype(jnp.float32), batch["input_ids"][:, 1:]
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  return nll, (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class CausalLM:
   """Pretraining: next-token prediction (head "lm") on packed rows.
 
   Token t predicts token t+1 only inside one segment: never across the
   documents of a packed row, never into or from padding (segment 0; without
-  `segment_ids`, `attention_mask` plays their part). Metrics: perplexity and
-  next-token accuracy over those tokens.
+  `segment_ids`, `attention_mask` plays their part). Loss: the NLL summed over
+  those targets in the whole batch / their count (`loss_count`). Metrics:
+  perplexity and next-token accuracy over those tokens.
   """
 
   vocab_size: int
+  exact_vocab: bool = True  # False: the model's table may exceed the tokenizer (HF models)
   head_name: str = "lm"
   kind: str = "causal_lm"
   uses_labels: bool = False
 
   def inputs(self, batch: Batch, rng: jax.Array, train: bool) -> Batch:
-    return batch
+    """Adds `lm_targets` [batch, seq]: the next token (0 at the last position)."""
+    ids = batch["input_ids"]
+    return {**batch, LM_TARGETS: jnp.concatenate([ids[:, 1:], jnp.zeros_like(ids[:, :1])], 1)}
 
   @staticmethod
   def target_weights(batch: Batch) -> jax.Array:
@@ -188,16 +224,18 @@ class CausalLM:
     return (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
 
   def _terms(self, outputs, batch) -> dict[str, jax.Array]:
-    _check_vocab(outputs, self.vocab_size)
-    nll, correct, count = _token_terms(
-        outputs["lm"][:, :-1], batch["input_ids"][:, 1:], self.target_weights(batch))
-    return {"lm_nll": nll.sum(-1), "lm_correct": correct.sum(-1), "lm_count": count.sum(-1)}
+    _check_vocab(outputs, self.vocab_size, self.exact_vocab)
+    nll, correct = next_token_scores(outputs, batch)
+    weights = self.target_weights(batch).astype(jnp.float32)
+    return {"lm_nll": (nll * weights).sum(-1), "lm_correct": (correct * weights).sum(-1),
+            "lm_count": weights.sum(-1)}
 
   def loss(self, outputs, inputs, batch):
     t = self._terms(outputs, batch)
-    count = jnp.maximum(jnp.sum(t["lm_count"]), 1.0)
-    loss = jnp.sum(t["lm_nll"]) / count
-    return loss, {"perplexity": jnp.exp(loss), "accuracy": jnp.sum(t["lm_correct"]) / count}
+    count = jnp.sum(t["lm_count"])
+    loss = jnp.sum(t["lm_nll"]) / jnp.maximum(count, 1.0)
+    accuracy = jnp.sum(t["lm_correct"]) / jnp.maximum(count, 1.0)
+    return loss, {"perplexity": jnp.exp(loss), "accuracy": accuracy, losses.LOSS_COUNT: count}
 
   def eval_outputs(self, outputs, inputs, batch):
     return self._terms(outputs, batch)
@@ -206,6 +244,25 @@ class CausalLM:
     s = _token_summary(values, "lm")
     return {"loss": s["lm_loss"], "perplexity": s["lm_perplexity"],
             "accuracy": s["lm_accuracy"], "tokens": int(np.sum(values["lm_count"]))}
+
+
+@dataclasses.dataclass(frozen=True)
+class SFT(CausalLM):
+  """Instruction tuning: the causal-LM loss on the response tokens only (`format="sft"` rows).
+
+  Token t+1 is a target iff it is in position t's example and `loss_mask` marks it
+  (response / assistant tokens and the eos or end-of-turn token; never the prompt,
+  never padding). Normalized by the count of those tokens over the whole batch and
+  across accumulation microbatches. Metrics as CausalLM: loss, perplexity and
+  next-token accuracy over response tokens; `tokens` counts them.
+  """
+
+  kind: str = "sft"
+
+  @staticmethod
+  def target_weights(batch: Batch) -> jax.Array:
+    """bool [batch, seq - 1]: token t+1 is a response token of position t's example."""
+    return CausalLM.target_weights(batch) & (batch["loss_mask"][:, 1:] > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,9 +334,20 @@ def _masked_lm(tc, info):
   return task, heads
 
 
+def _lm_head(tc) -> CausalLMHead:
+  return CausalLMHead(tied=tc.get("tied", True), chunk=int(tc.get("loss_chunk", 256)))
+
+
 def _causal_lm(tc, info):
   info = _text_info(info, "causal_lm", ("packed",))
-  return CausalLM(vocab_size=info.vocab.size), CausalLMHead(tied=tc.get("tied", True))
+  vocab = info.vocab
+  return CausalLM(vocab_size=vocab.size, exact_vocab=vocab.exact), _lm_head(tc)
+
+
+def _sft(tc, info):
+  info = _text_info(info, "sft", ("sft",))
+  vocab = info.vocab
+  return SFT(vocab_size=vocab.size, exact_vocab=vocab.exact), _lm_head(tc)
 
 
 def _sequence_head(tc, num_classes: int) -> SequenceClassificationHead:
@@ -302,6 +370,7 @@ def _text_regression(tc, info):
 BUILDERS = {
     "masked_lm": _masked_lm,
     "causal_lm": _causal_lm,
+    "sft": _sft,
     "text_classification": _text_classification,
     "text_regression": _text_regression,
 }
@@ -309,7 +378,8 @@ BUILDERS = {
 # name -> the `config.task` keys its builder reads (see image.READS).
 READS = {
     "masked_lm": ("mask_rate", "max_predictions_per_seq", "layer_norm_eps"),
-    "causal_lm": ("tied",),
+    "causal_lm": ("tied", "loss_chunk"),
+    "sft": ("tied", "loss_chunk"),
     "text_classification": ("label_smoothing", "pooling", "head_dropout_rate"),
     "text_regression": ("pooling", "head_dropout_rate"),
 }

@@ -11,10 +11,18 @@
   metrics and gradients. Microbatch i takes rows i, i + k, i + 2k, ..., so each
   device keeps its own rows (no resharding). Memory is that of one microbatch.
 
+The average is weighted when the loss says how many terms it averages:
+`metrics["loss_count"]` (`tasks.losses.LOSS_COUNT`; the causal-LM and SFT tasks
+report their target tokens). Microbatch i then counts w_i times: loss and
+gradients are sum_i w_i * L_i / sum_i w_i = (sum of all terms) / (count of all
+terms), exactly the one-batch value even when microbatches hold different
+numbers of target tokens; other metrics are weighted alike and `loss_count` is
+summed. Without it every microbatch weighs 1 (the plain mean).
+
 For losses that are means of per-example terms over equal-size microbatches
-(classification, regression, LM, autoencoding) this equals one step on the
-whole batch. Losses that couple examples (contrastive negatives, BatchNorm
-batch statistics) see microbatches instead.
+(classification, regression, autoencoding) or that report `loss_count` (causal
+LM, SFT) this equals one step on the whole batch. Losses that couple examples
+(contrastive negatives, BatchNorm batch statistics) see microbatches instead.
 """
 
 from collections.abc import Callable
@@ -22,6 +30,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from ptft_jax.tasks.losses import LOSS_COUNT
 
 LossFn = Callable[[Any, dict, dict, jax.Array], tuple[jax.Array, tuple[dict, dict]]]
 
@@ -84,14 +94,28 @@ def value_and_grad(
   zeros = lambda tree: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
   add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)
 
+  def weighted(metrics):
+    """(this microbatch's weight, metrics times it; LOSS_COUNT itself as is)."""
+    w = metrics[LOSS_COUNT].astype(jnp.float32) if LOSS_COUNT in metrics else jnp.float32(1)
+    scaled = {k: v if k == LOSS_COUNT else v * w.astype(v.dtype) for k, v in metrics.items()}
+    return w, scaled
+
   def body(carry, xs):
-    grad_sum, loss_sum, metrics_sum, ms = carry
+    grad_sum, loss_sum, metrics_sum, weight_sum, ms = carry
     i, mb = xs
     (loss, (metrics, ms)), grads = grad_fn(train, ms, mb, jax.random.fold_in(rng, i))
-    return (add(grad_sum, grads), loss_sum + loss, add(metrics_sum, metrics), ms), None
+    w, metrics = weighted(metrics)
+    grads = jax.tree_util.tree_map(lambda g: g * w.astype(g.dtype), grads)
+    return (add(grad_sum, grads), loss_sum + loss * w.astype(loss.dtype),
+            add(metrics_sum, metrics), weight_sum + w, ms), None
 
-  init = (zeros(grads_shape), zeros(loss_shape), zeros(metrics_shape), model_state)
-  (grad_sum, loss_sum, metrics_sum, model_state), _ = jax.lax.scan(
+  init = (zeros(grads_shape), zeros(loss_shape), zeros(metrics_shape), jnp.float32(0),
+          model_state)
+  (grad_sum, loss_sum, metrics_sum, weight_sum, model_state), _ = jax.lax.scan(
       body, init, (jnp.arange(steps), micro))
-  mean = lambda tree: jax.tree_util.tree_map(lambda x: x / steps, tree)
-  return (loss_sum / steps, (mean(metrics_sum), model_state)), full_grads(mean(grad_sum))
+  # No terms at all: every sum is 0 (the losses divide by max(count, 1)); keep it 0.
+  total = jnp.maximum(weight_sum, jnp.finfo(jnp.float32).tiny)
+  mean = lambda x: x / total.astype(x.dtype)
+  metrics = {k: v if k == LOSS_COUNT else mean(v) for k, v in metrics_sum.items()}
+  return ((mean(loss_sum), (metrics, model_state)),
+          full_grads(jax.tree_util.tree_map(mean, grad_sum)))

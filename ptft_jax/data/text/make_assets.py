@@ -1,6 +1,7 @@
 """Regenerates the text shipped in `assets/` (run once by maintainers; not at run time).
 
-  python -m ptft_jax.data.text.make_assets
+  python -m ptft_jax.data.text.make_assets          # everything
+  python -m ptft_jax.data.text.make_assets sft      # only assets/sft_tiny
 
 assets/corpus/python_reference.txt
   The prose of the Python Language Reference help topics that ship with
@@ -13,11 +14,27 @@ assets/sentiment/{train,validation,test}.jsonl
   "positive" / "negative". Some negate ("was not dreadful"), contrast
   ("Although X was dull, Y was superb") or close with a verdict, so word
   counting alone does not solve them. Deterministic (fixed seed).
+assets/sft_tiny/{train,validation,test}.jsonl
+  A tiny instruction set, {"prompt": ..., "response": ...} per line, 2000 / 200 / 200,
+  five templated tasks in turn with answers checkable by exact match:
+    Reverse the letters: q n h i b -> b i h n q     Uppercase: a e v -> A E V
+    Sort: 9 5 6 9 -> 5 6 9 9                        Largest: 6 5 5 9 2 -> 9
+    Add 16 and 6. -> 22
+  Every prompt occurs once in all three files (held-out prompts are new). Fixed seed.
+assets/sft_tiny/{tokenizer.json,tokenizer_config.json,generation_config.json}
+  A byte-level BPE tokenizer.json (vocab 400; <|pad|> 0, <|bos|> 1, <|eos|> 2,
+  <|im_start|> 3, <|im_end|> 4) trained with `tokenizers` on the train split as the
+  chat template renders it; tokenizer_config.json with those special tokens and a
+  ChatML chat template (bos, then <|im_start|>role\ncontent<|im_end|>\n per message);
+  generation_config.json: generation ends at <|eos|> or <|im_end|>. The directory is
+  laid out like a Hugging Face model directory, so `load_hf_tokenizer("pkg://sft_tiny")`
+  and transformers' AutoTokenizer both read it.
 """
 
 import json
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -172,7 +189,99 @@ def sentiment_examples(seed: int = 20260103) -> dict[str, list[dict[str, str]]]:
   return out
 
 
+SFT_SIZES = {"train": 2000, "validation": 200, "test": 200}
+SFT_TASKS = ("reverse", "uppercase", "sort", "largest", "add")
+SFT_SPECIALS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>")
+SFT_VOCAB = 400
+CHATML = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _instruction(rng: np.random.Generator, kind: str) -> tuple[str, str]:
+  """One (prompt, response) of a task in SFT_TASKS."""
+  letters = lambda: [_LETTERS[int(i)] for i in rng.integers(26, size=int(rng.integers(3, 6)))]
+  digits = lambda: [str(int(d)) for d in rng.integers(10, size=int(rng.integers(3, 6)))]
+  if kind == "reverse":
+    word = letters()
+    return f"Reverse the letters: {' '.join(word)}", " ".join(reversed(word))
+  if kind == "uppercase":
+    word = letters()
+    return f"Uppercase: {' '.join(word)}", " ".join(word).upper()
+  if kind == "sort":
+    ds = digits()
+    return f"Sort: {' '.join(ds)}", " ".join(sorted(ds))
+  if kind == "largest":
+    ds = digits()
+    return f"Largest: {' '.join(ds)}", max(ds)
+  a, b = int(rng.integers(100)), int(rng.integers(10))
+  return f"Add {a} and {b}.", str(a + b)
+
+
+def sft_examples(seed: int = 20260104) -> dict[str, list[dict[str, str]]]:
+  """Distinct prompts, the tasks in turn, split into SFT_SIZES."""
+  rng = np.random.default_rng(seed)
+  seen, rows = set(), []
+  while len(rows) < sum(SFT_SIZES.values()):
+    prompt, response = _instruction(rng, SFT_TASKS[len(rows) % len(SFT_TASKS)])
+    if prompt not in seen:
+      seen.add(prompt)
+      rows.append({"prompt": prompt, "response": response})
+  out, start = {}, 0
+  for split, n in SFT_SIZES.items():
+    out[split], start = rows[start:start + n], start + n
+  return out
+
+
+def sft_tokenizer(train: list[dict[str, str]]):
+  """The byte-level BPE of assets/sft_tiny, trained on `train` in chat form."""
+  import tokenizers
+
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=SFT_VOCAB, special_tokens=list(SFT_SPECIALS), show_progress=False,
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  texts = [f"<|im_start|>user\n{r['prompt']}<|im_end|>\n<|im_start|>assistant\n"
+           f"{r['response']}<|im_end|>\n" for r in train]
+  tok.train_from_iterator(texts, trainer)
+  assert [tok.token_to_id(t) for t in SFT_SPECIALS] == list(range(len(SFT_SPECIALS)))
+  return tok
+
+
+def write_sft_assets():
+  """assets/sft_tiny: the instruction set and its tokenizer directory."""
+  out = os.path.join(sources.ASSETS, "sft_tiny")
+  splits = sft_examples()
+  os.makedirs(out, exist_ok=True)
+  for split, rows in splits.items():
+    with open(os.path.join(out, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+  tok = sft_tokenizer(splits["train"])
+  tok.save(os.path.join(out, "tokenizer.json"))
+  ids = {t: i for i, t in enumerate(SFT_SPECIALS)}
+  files = {
+      "tokenizer_config.json": {
+          "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>",
+          "eos_token": "<|eos|>", "pad_token": "<|pad|>", "model_max_length": 256,
+          "chat_template": CHATML},
+      "generation_config.json": {
+          "bos_token_id": ids["<|bos|>"], "pad_token_id": ids["<|pad|>"],
+          "eos_token_id": [ids["<|eos|>"], ids["<|im_end|>"]]},
+  }
+  for name, value in files.items():
+    with open(os.path.join(out, name), "w", encoding="utf-8") as f:
+      f.write(json.dumps(value, indent=2) + "\n")
+
+
 def main():
+  if sys.argv[1:] == ["sft"]:
+    write_sft_assets()
+    print(f"wrote {os.path.join(sources.ASSETS, 'sft_tiny')}")
+    return
   path = sources.CORPUS_FILE
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
@@ -182,6 +291,7 @@ def main():
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
+  write_sft_assets()
   print(f"wrote {sources.ASSETS}")
 
 

@@ -8,6 +8,14 @@ Formats (`config.data.format`):
                   `segment_ids` (0 = padding), so nothing attends across documents.
   labeled         fine-tuning: [CLS] text [SEP] (text_b [SEP]) with a class id
                   or a float target in `label`.
+  sft             instruction tuning: JSONL prompts / responses or chats, tokenized by
+                  a Hugging Face tokenizer (`tokenizer.path`), packed first-fit with
+                  `segment_ids`, `positions` and a `loss_mask` on the response tokens
+                  (see sft.py; `sft_config` builds the config).
+
+`tokenizer.path` (a Hugging Face model directory or tokenizer.json; only in configs
+that set it, see `sft_config` and `pretraining_config`) replaces the WordPiece
+vocabulary for `packed` (documents end with eos) and `sft`.
 
 Train iterators are Grain DatasetIterators (saved in the run's checkpoint):
 pretraining examples are a pure function of (seed, position) through
@@ -26,6 +34,7 @@ from typing import Any
 
 import grain
 import grain.experimental as grain_exp
+import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
@@ -33,11 +42,12 @@ import tensorflow_datasets as tfds
 from ptft_jax.data import bundle, pipeline
 from ptft_jax.data.sources import default_data_dir
 from ptft_jax.data.subset import stratified_subset
-from ptft_jax.data.text import examples, labels, sources
-from ptft_jax.data.text.tokenizer import Vocab, make_tokenizer
+from ptft_jax.data.text import examples, labels, sft, sources
+from ptft_jax.data.text.hf_tokenizer import load_hf_tokenizer
+from ptft_jax.data.text.tokenizer import Vocab, hf_vocab, make_tokenizer
 from ptft_jax.errors import ConfigError, DataError
 
-FORMATS = ("sentence_pairs", "packed", "labeled")
+FORMATS = ("sentence_pairs", "packed", "labeled", "sft")
 SOURCES = ("corpus", "tfds", "jsonl")
 _EVAL_SEED = 20260102  # fixed: the pretraining eval sets never depend on the run seed
 
@@ -71,7 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def pretraining_config(
     *, format: str, seq_len: int, batch_size: int, vocab_size: int, dataset: str = "",
-    data_dir: str = "", vocab: str = "", corpus: str = "",
+    data_dir: str = "", vocab: str = "", corpus: str = "", tokenizer: str = "",
 ) -> ml_collections.ConfigDict:
   """`config.data` for pretraining, as configs/bert.py and configs/gpt.py take it.
 
@@ -85,10 +95,14 @@ def pretraining_config(
     data_dir: TFDS data_dir.
     vocab: a vocab.txt; "" = train one on `corpus` (or the shipped corpus).
     corpus: local .txt file or directory.
+    tokenizer: a Hugging Face model directory or tokenizer.json (`tokenizer.path`, only
+      for "packed": continued pretraining of an imported decoder); "" = WordPiece.
   """
   c = default_config()
   c.format, c.seq_len, c.batch_size, c.data_dir = format, seq_len, batch_size, data_dir
   c.tokenizer.vocab, c.tokenizer.vocab_size = vocab, vocab_size
+  if tokenizer:
+    c.tokenizer.path = tokenizer
   if corpus:
     c.corpus_files = c.tokenizer.train_files = (corpus,)
   if dataset:
@@ -96,6 +110,28 @@ def pretraining_config(
     held_out = "test" if dataset.startswith("lm1b") else "train[:1%]"
     c.splits = dict(train="train" if held_out == "test" else "train[1%:]",
                     validation=held_out, test=held_out)
+  return c
+
+
+def sft_config(*, train: str, validation: str = "", test: str = "", tokenizer: str,
+               seq_len: int = 512, batch_size: int = 16, chat_template: str = "auto",
+               dataset: str = "sft") -> ml_collections.ConfigDict:
+  """`config.data` for instruction tuning (`format="sft"`), as configs/llm_sft.py builds it.
+
+  Args:
+    train, validation, test: JSONL files (or pkg:// names); "" = no such split.
+    tokenizer: a Hugging Face model directory or tokenizer.json (`tokenizer.path`).
+    seq_len: tokens per packed row.
+    batch_size: global train batch size (rows).
+    chat_template: "auto", "none" or a template file (`config.data.chat_template`, sft.py).
+    dataset: a label for reports.
+  """
+  c = default_config()
+  c.source, c.format, c.dataset = "jsonl", "sft", dataset
+  c.files = dict(train=train, validation=validation, test=test)
+  c.seq_len, c.batch_size, c.eval_batch_size = seq_len, batch_size, batch_size
+  c.tokenizer.path = tokenizer
+  c.chat_template = chat_template
   return c
 
 
@@ -356,6 +392,48 @@ def _labeled_data(dc, seed, tokenizer, vocab, shard_index, shard_count) -> bundl
   return bundle.DataBundle(info=info, train_iterator=train_it, eval_batches=eval_batches)
 
 
+# --- instruction tuning -----------------------------------------------------------------
+
+
+def _say(line: str):
+  if jax.process_index() == 0:
+    print(line, flush=True)
+
+
+def _sft_data(dc, seed, shard_index, shard_count) -> bundle.DataBundle:
+  if dc.source != "jsonl":
+    raise ConfigError(f"config.data.source: format 'sft' reads 'jsonl', not {dc.source!r}")
+  path = dc.tokenizer.get("path", "")
+  if not path:
+    raise ConfigError("config.data.tokenizer.path: format 'sft' needs a Hugging Face "
+                      "tokenizer (a model directory or its tokenizer.json)")
+  tok = sft.with_template(load_hf_tokenizer(path), dc.get("chat_template", "auto"))
+  seq_len = int(dc.seq_len)
+
+  def read(split: str) -> list[dict[str, np.ndarray]]:
+    key = f"config.data.files.{split}"
+    if not dc.files.get(split, ""):
+      raise ConfigError(f"{key}: no JSONL file given for split {split!r}")
+    encoded, stats = sft.encode_split(tok, sft.read_sft_jsonl(dc.files[split], key), seq_len)
+    _say(stats.line(split, seq_len))
+    return encoded
+
+  info = TextInfo(name=dc.dataset, format="sft", seq_len=seq_len, vocab=hf_vocab(tok),
+                  lowercase=False)
+  train = sft.train_iterator(
+      read("train"), seq_len=seq_len, seed=seed, shard_index=shard_index,
+      shard_count=shard_count, batch_size=pipeline._per_process_batch(dc.batch_size, shard_count))
+
+  @functools.cache
+  def eval_set(split: str) -> dict[str, np.ndarray]:
+    return sft.eval_rows(read(split), seq_len)
+
+  def eval_batches(split: str):
+    return padded_batches(eval_set(split), dc.eval_batch_size, shard_index, shard_count)
+
+  return bundle.DataBundle(info=info, train_iterator=train, eval_batches=eval_batches)
+
+
 def text_data(
     dc: ml_collections.ConfigDict, seed: int, *, shard_index: int | None = None,
     shard_count: int | None = None,
@@ -372,10 +450,16 @@ def text_data(
     raise ConfigError(f"config.data.format: {dc.format!r} is not one of {FORMATS}")
   if dc.source not in SOURCES:
     raise ConfigError(f"config.data.source: {dc.source!r} is not one of {SOURCES}")
-  if dc.format != "labeled" and dc.source == "jsonl":
-    raise ConfigError("config.data.source: 'jsonl' holds labeled text; use "
-                      "config.data.format='labeled' (or source='corpus' for pretraining)")
+  if dc.format not in ("labeled", "sft") and dc.source == "jsonl":
+    raise ConfigError("config.data.source: 'jsonl' holds labeled text or instructions; use "
+                      "config.data.format='labeled' or 'sft' (or source='corpus' for "
+                      "pretraining)")
+  if dc.tokenizer.get("path", "") and dc.format not in ("packed", "sft"):
+    raise ConfigError(f"config.data.tokenizer.path: a Hugging Face tokenizer serves formats "
+                      f"'packed' and 'sft', not {dc.format!r}")
   shard_index, shard_count = pipeline._shard(shard_index, shard_count)
+  if dc.format == "sft":
+    return _sft_data(dc, seed, shard_index, shard_count)
   data_dir = dc.data_dir or default_data_dir()
   if dc.source == "tfds":  # a missing dataset fails before any vocabulary is trained
     sources.open_tfds(dc.dataset, dc.splits.get("train", "train"), data_dir)

@@ -20,6 +20,7 @@ import ml_collections
 import tokenizers
 
 from ptft_jax.data.sources import read_user_text, user_text_lines
+from ptft_jax.data.text.hf_tokenizer import HfTokenizer, load_hf_tokenizer
 from ptft_jax.data.text.sources import resolve_path
 from ptft_jax.errors import ConfigError, DataError
 
@@ -35,7 +36,10 @@ class Vocab:
   Attributes:
     path: the vocab.txt in use.
     size: number of entries (the model's vocab_size must equal it).
-    pad_id, unk_id, cls_id, sep_id, mask_id: the special tokens' ids.
+    pad_id, unk_id, cls_id, sep_id, mask_id: the special tokens' ids (a Hugging Face
+      tokenizer's: bos as cls, eos as sep, pad as mask; see `hf_vocab`).
+    exact: the model's vocab_size must equal `size` (False: at least `size`, as Hugging
+      Face models may pad their embedding tables).
   """
 
   path: str
@@ -45,6 +49,7 @@ class Vocab:
   cls_id: int
   sep_id: int
   mask_id: int
+  exact: bool = True
 
   @property
   def special_ids(self) -> tuple[int, ...]:
@@ -186,18 +191,34 @@ def load_tokenizer(path: str, lowercase: bool) -> tuple[tokenizers.Tokenizer, Vo
   return tok, vocab
 
 
+def hf_vocab(tok: HfTokenizer) -> Vocab:
+  """The `Vocab` of a Hugging Face tokenizer: cls = bos, sep = eos (ends documents).
+
+  Its `size` is the tokenizer's; a model's table may be larger (`exact=False`).
+  """
+  eos = tok.eos_id if tok.eos_id is not None else tok.pad_id
+  return Vocab(path=tok.path, size=tok.size, pad_id=tok.pad_id,
+               unk_id=tok.unk_id if tok.unk_id is not None else tok.pad_id,
+               cls_id=tok.bos_id if tok.bos_id is not None else eos, sep_id=eos,
+               mask_id=tok.pad_id, exact=False)
+
+
 def make_tokenizer(
     tc: ml_collections.ConfigDict, default_train_files: Sequence[str], data_dir: str,
 ) -> tuple[tokenizers.Tokenizer, Vocab]:
   """The tokenizer `config.data.tokenizer` describes.
 
   Args:
-    tc: `{vocab, vocab_size, lowercase, train_files}`; `vocab` (a path) wins,
-      else a vocabulary of `vocab_size` is trained on `train_files` (or on
-      `default_train_files` when empty).
+    tc: `{vocab, vocab_size, lowercase, train_files}` and, in configs that have it,
+      `path`: a Hugging Face tokenizer (model directory or tokenizer.json) wins; else
+      `vocab` (a vocab.txt path), else a vocabulary of `vocab_size` trained on
+      `train_files` (or on `default_train_files` when empty).
     default_train_files: text files to train on when `tc.train_files` is empty.
     data_dir: where trained vocabularies are cached.
   """
+  if tc.get("path", ""):
+    tok = load_hf_tokenizer(tc.path)
+    return tok.tokenizer, hf_vocab(tok)
   path = tc.get("vocab", "")
   if not path:
     files = list(tc.get("train_files", ())) or list(default_train_files)
