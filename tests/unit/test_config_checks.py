@@ -120,6 +120,7 @@ def _text_info(fmt: str, label_type: str = "class"):
 def test_declared_reads_are_what_the_builders_read():
   infos = {"masked_lm": lambda: _text_info("sentence_pairs"),
            "causal_lm": lambda: _text_info("packed"),
+           "sft": lambda: _text_info("sft"),
            "text_classification": lambda: _text_info("labeled"),
            "text_regression": lambda: _text_info("labeled", "float")}
   for name, builder in tasks.BUILDERS.items():
