@@ -16,7 +16,6 @@ it in `config.init.pretrained_workdir` exactly like a pretraining run.
 """
 
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -24,12 +23,17 @@ from typing import Any
 
 import ml_collections
 
-from ptft_jax.errors import CheckpointError
 from ptft_jax.models.transformer import TransformerConfig
+
+# The readers live beside pj.load_params, which reads these workdirs too; re-exported here.
+from ptft_jax.train.placement import (  # noqa: F401
+  MODEL_CONFIG_FILE,
+  TASK_CONFIG_FILE,
+  read_model_config,
+  read_task_config,
+)
 from ptft_jax.utils import write_json_atomic
 
-MODEL_CONFIG_FILE = "model_config.json"
-TASK_CONFIG_FILE = "task_config.json"
 HF_CONFIG_COPY = "hf_config.json"
 # HF files copied next to imported decoder weights (tokenizer, generation defaults).
 HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -68,35 +72,6 @@ def write_pretrained_workdir(
   write_json_atomic(os.path.join(workdir, MODEL_CONFIG_FILE), config_dict)
   if task_config is not None:
     write_json_atomic(os.path.join(workdir, TASK_CONFIG_FILE), _as_dict(task_config))
-
-
-def _read_json(path: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
-
-
-def read_model_config(workdir: str | os.PathLike) -> TransformerConfig | ml_collections.ConfigDict:
-  """`model_config.json` of an imported workdir: a TransformerConfig (BERT imports) or a
-  ConfigDict with `name` (decoder imports: use it as `config.model`)."""
-  path = os.path.join(os.fspath(workdir), MODEL_CONFIG_FILE)
-  data = _read_json(path)
-  if not isinstance(data, dict):
-    raise CheckpointError(f"{path}: not a JSON object")
-  if "name" in data:
-    return ml_collections.ConfigDict(data)
-  try:
-    return TransformerConfig(**data)
-  except TypeError as e:
-    raise CheckpointError(f"{path}: not a TransformerConfig: {str(e).splitlines()[0]}") from None
-
-
-def read_task_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict | None:
-  """`task_config.json` of an imported workdir (decoder imports), or None if absent."""
-  path = os.path.join(os.fspath(workdir), TASK_CONFIG_FILE)
-  return ml_collections.ConfigDict(_read_json(path)) if os.path.isfile(path) else None
 
 
 def import_hf_bert(

@@ -24,11 +24,13 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding
 
 from ptft_jax.errors import CheckpointError
+from ptft_jax.models.transformer import TransformerConfig
 from ptft_jax.optim import lora
 from ptft_jax.parallel import sharding
 from ptft_jax.train import checkpoint
 
 MODEL_CONFIG_FILE = "model_config.json"  # what convert.workdir writes next to imported weights
+TASK_CONFIG_FILE = "task_config.json"  # ... and, for decoders, the task that continues them
 
 
 def layout(mesh: Mesh, rules: Mapping[str, Any] | None = None, config=None) -> sharding.Layout:
@@ -95,11 +97,38 @@ def load_params(path: str | os.PathLike, *, mesh: Mesh | None = None,
   if isinstance(hf, dict):  # a ptft_jax run
     model_config = ml_collections.ConfigDict(hf).get("model")
   elif os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
-    from ptft_jax.convert import workdir as convert_workdir
-
-    model_config = convert_workdir.read_model_config(path)
+    model_config = read_model_config(path)
   else:
     raise CheckpointError(f"{path}: neither a ptft_jax run (config.json), an imported workdir "
                           f"({MODEL_CONFIG_FILE}) nor a Hugging Face model directory")
   loaded, _ = checkpoint.load_params(path, sharding=target)
   return model_config, lora.merge_loaded(loaded["params"], path)
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
+
+
+def read_model_config(workdir: str | os.PathLike) -> TransformerConfig | ml_collections.ConfigDict:
+  """`model_config.json` of an imported workdir: a TransformerConfig (BERT imports) or a
+  ConfigDict with `name` (decoder imports: use it as `config.model`)."""
+  path = os.path.join(os.fspath(workdir), MODEL_CONFIG_FILE)
+  data = _read_json(path)
+  if not isinstance(data, dict):
+    raise CheckpointError(f"{path}: not a JSON object")
+  if "name" in data:
+    return ml_collections.ConfigDict(data)
+  try:
+    return TransformerConfig(**data)
+  except TypeError as e:
+    raise CheckpointError(f"{path}: not a TransformerConfig: {str(e).splitlines()[0]}") from None
+
+
+def read_task_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict | None:
+  """`task_config.json` of an imported workdir (decoder imports), or None if absent."""
+  path = os.path.join(os.fspath(workdir), TASK_CONFIG_FILE)
+  return ml_collections.ConfigDict(_read_json(path)) if os.path.isfile(path) else None
