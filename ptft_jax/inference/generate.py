@@ -9,7 +9,10 @@ token ids) or "messages" ([{"role", "content"}, ...], rendered with the model's 
 template and its generation prompt); an "id" is copied to the output. Output: JSONL,
 one line per input in input order, {"id" (or "line"), "completion", "token_ids",
 "finish_reason": "eos" | "length"}, to --output (written atomically) or stdout. Greedy
-at temperature 0 (the default). A bad line prints `error: FILE:LINE: why` and exits 2
+at temperature 0 (the default). Lines that also carry the expected answer ("response",
+or the last assistant message of "messages") are scored: each output line gets
+"exact_match" (completion == answer, surrounding whitespace ignored) and the summary
+on stderr the fraction. A bad line prints `error: FILE:LINE: why` and exits 2
 before anything is generated.
 """
 
@@ -35,13 +38,17 @@ def read_prompts(path: str) -> list[dict]:
     if not isinstance(obj, dict):
       raise DataError(f"{path}:{n}: expected a JSON object")
     key = {"id": obj["id"]} if "id" in obj else {"line": n}
+    answer = obj.get("response") if isinstance(obj.get("response"), str) else None
     if isinstance(obj.get("prompt"), str):
-      rows.append({"key": key, "prompt": obj["prompt"]})
+      rows.append({"key": key, "prompt": obj["prompt"], "answer": answer})
     elif isinstance(obj.get("input_ids"), list) and all(
         isinstance(t, int) and not isinstance(t, bool) for t in obj["input_ids"]):
       rows.append({"key": key, "input_ids": obj["input_ids"]})
     elif isinstance(obj.get("messages"), list):
-      rows.append({"key": key, "messages": obj["messages"]})
+      messages = obj["messages"]
+      if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        answer, messages = messages[-1].get("content"), messages[:-1]  # the turn to produce
+      rows.append({"key": key, "messages": messages, "answer": answer})
     else:
       raise DataError(f'{path}:{n}: needs "prompt" (a string), "input_ids" (a list of ints) '
                       'or "messages" (a list of {"role", "content"})')
@@ -106,6 +113,10 @@ def main(argv=None) -> int:
           temperature=args.temperature, top_p=args.top_p, seed=args.seed + start)
     out = [{**row["key"], "completion": r.text, "token_ids": r.token_ids,
             "finish_reason": r.finish_reason} for row, r in zip(rows, results, strict=True)]
+    scored = [(line, row["answer"]) for line, row in zip(out, rows, strict=True)
+              if row.get("answer") is not None and line["completion"] is not None]
+    for line, answer in scored:
+      line["exact_match"] = line["completion"].strip() == answer.strip()
     if args.output:
       write_jsonl(args.output, out)
     else:
@@ -117,9 +128,13 @@ def main(argv=None) -> int:
     lines = [line for line in str(e).splitlines() if line.strip()]
     print(f"error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
     return 2
-  if args.output:
-    print(f"{len(out)} generations ({generator.compiles} compilations) from {args.workdir} "
-          f"-> {args.output}", file=sys.stderr)
+  score = ""
+  if scored:
+    hits = sum(line["exact_match"] for line, _ in scored)
+    score = f"; exact match {hits}/{len(scored)} = {hits / len(scored):.3f}"
+  if args.output or score:
+    print(f"{len(out)} generations ({generator.compiles} compilations) from {args.workdir}"
+          f"{score}" + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
   return 0
 
 
