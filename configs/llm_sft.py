@@ -23,7 +23,8 @@ Arguments (`configs/llm_sft.py:key=value,...`):
                    backbone and the LM head are loaded from it (config.init)
   tiny             the small decoder above from scratch (no init)
   data=PATH        the train JSONL (same as train=); train=, validation=, test= name the
-                   splits (without validation= nothing is evaluated); tiny: the shipped set
+                   splits (without validation=, 5% of the train lines are held out as the
+                   validation split); tiny: the shipped set
   tokenizer=PATH   a Hugging Face model dir or tokenizer.json (default: init; tiny: shipped)
   chat_template=   auto (the tokenizer's, default) | none (prompt + response + eos) | FILE
   lora=RANK        LoRA adapters (alpha = 2 x rank) on the attention query/key/value/out and
@@ -118,7 +119,7 @@ def get_config(arg: str = "tiny"):
     c.data = text.sft_config(train=train, validation=validation, test=test,
                              tokenizer=tokenizer, seq_len=seq_len, batch_size=batch,
                              chat_template=args["chat_template"])
-    c.eval_splits = tuple(s for s, f in (("validation", validation), ("test", test)) if f)
+    c.eval_splits = ("validation", "test") if test else ("validation",)
     task = "sft"
 
   if tiny:
@@ -151,7 +152,7 @@ def get_config(arg: str = "tiny"):
   c.train.steps = args["steps"] or (600 if tiny else 1000)
   c.optim.warmup_steps = max(c.train.steps // 20, 1)
   c.train.log_every = max(min(50, c.train.steps // 10), 1)
-  c.train.eval_every = max(c.train.steps // 4, 1) if c.eval_splits else 0
+  c.train.eval_every = max(c.train.steps // 4, 1)
   c.train.checkpoint_every = c.train.steps
   c.train.keep = 1
   return c

@@ -119,7 +119,8 @@ def sft_config(*, train: str, validation: str = "", test: str = "", tokenizer: s
   """`config.data` for instruction tuning (`format="sft"`), as configs/llm_sft.py builds it.
 
   Args:
-    train, validation, test: JSONL files (or pkg:// names); "" = no such split.
+    train, validation, test: JSONL files (or pkg:// names); "" = no such split. Without
+      a validation file, `holdout` = 0.05 of the train examples is the validation split.
     tokenizer: a Hugging Face model directory or tokenizer.json (`tokenizer.path`).
     seq_len: tokens per packed row.
     batch_size: global train batch size (rows).
@@ -132,6 +133,7 @@ def sft_config(*, train: str, validation: str = "", test: str = "", tokenizer: s
   c.seq_len, c.batch_size, c.eval_batch_size = seq_len, batch_size, batch_size
   c.tokenizer.path = tokenizer
   c.chat_template = chat_template
+  c.holdout = 0.0 if validation else 0.05
   return c
 
 
@@ -410,12 +412,24 @@ def _sft_data(dc, seed, shard_index, shard_count) -> bundle.DataBundle:
   tok = sft.with_template(load_hf_tokenizer(path), dc.get("chat_template", "auto"))
   seq_len = int(dc.seq_len)
 
-  def read(split: str) -> list[dict[str, np.ndarray]]:
+  fraction = float(dc.get("holdout", 0.0))
+  held_out = fraction > 0 and not dc.files.get("validation", "")
+
+  def lines(split: str) -> list:
     key = f"config.data.files.{split}"
+    if held_out and split in ("train", "validation"):
+      train, validation = sft.holdout(
+          sft.read_sft_jsonl(dc.files.train, "config.data.files.train"), fraction)
+      return train if split == "train" else validation
     if not dc.files.get(split, ""):
       raise ConfigError(f"{key}: no JSONL file given for split {split!r}")
-    encoded, stats = sft.encode_split(tok, sft.read_sft_jsonl(dc.files[split], key), seq_len)
-    _say(stats.line(split, seq_len))
+    return sft.read_sft_jsonl(dc.files[split], key)
+
+  def read(split: str) -> list[dict[str, np.ndarray]]:
+    encoded, stats = sft.encode_split(tok, lines(split), seq_len)
+    what = f"{split} (held out: {fraction:g} of the train file)" if (
+        split == "validation" and held_out) else split
+    _say(stats.line(what, seq_len))
     return encoded
 
   info = TextInfo(name=dc.dataset, format="sft", seq_len=seq_len, vocab=hf_vocab(tok),

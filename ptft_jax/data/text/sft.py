@@ -19,6 +19,9 @@ Tokens (`config.data.chat_template`):
           the prompt is taken as is (end it with the separator you want).
   PATH    a Jinja chat template file (or pkg:// name) used instead of the tokenizer's.
 
+Without a validation file, `config.data.holdout` (a fraction, `sft_config`'s default 0.05)
+of the train examples is held out as the validation split (`holdout`).
+
 An example longer than `seq_len` keeps its first `seq_len` tokens (counted and reported);
 one whose prompt leaves no response token inside `seq_len` is refused.
 
@@ -36,6 +39,7 @@ once, in file order.
 import dataclasses
 import json
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -130,6 +134,22 @@ def read_sft_jsonl(path: str, key: str) -> list[tuple[str, dict[str, Any]]]:
   if not out:
     raise DataError(f"{key}: {resolved!r} has no examples")
   return out
+
+
+def holdout(examples: Sequence[tuple[str, dict[str, Any]]], fraction: float,
+            key: str = "config.data.holdout") -> tuple[list, list]:
+  """(train, validation): `fraction` of the examples held out, chosen by a hash of each
+  example's content (stable under reordering and appending; identical lines go together).
+  """
+  if not 0 < fraction < 1:
+    raise ConfigError(f"{key}={fraction}: a fraction in (0, 1), or 0 with a validation file")
+  pick = lambda e: zlib.crc32(json.dumps(e, sort_keys=True).encode()) % 10_000 < fraction * 1e4
+  train = [x for x in examples if not pick(x[1])]
+  held = [x for x in examples if pick(x[1])]
+  if not held or not train:
+    raise DataError(f"{key}={fraction} holds out {len(held)} of {len(examples)} examples; "
+                    "give config.data.files.validation instead")
+  return train, held
 
 
 # --- tokens -------------------------------------------------------------------------------
