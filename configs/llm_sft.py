@@ -34,10 +34,10 @@ Arguments (`configs/llm_sft.py:key=value,...`):
   accumulation=K, loss_chunk=N (positions per cross-entropy chunk), bf16, seed=N
 
 Expected (measured on this project's 2-core CPU, seed 0): `:tiny` (600 steps of 16 rows x
-128 tokens, ~0.3 M parameters) reaches validation loss ~0.26 (perplexity ~1.3, next-token
-accuracy ~0.90 on response tokens) in ~2 CPU-minutes; see <workdir>/eval_validation.json.
-Exact-match of generated answers on the held-out prompts: docs/llm.md. Imported models:
-not measured on this machine.
+128 tokens, 346,752 parameters) reaches validation loss 0.221 on the response tokens
+(perplexity 1.25, next-token accuracy 0.937; test 0.202 / 1.22 / 0.939) in 50 s wall
+(1.5 CPU-minutes); look at <workdir>/eval_validation.json. Exact-match of generated answers
+on the held-out prompts: docs/llm.md. Imported models: not measured on this machine.
 """
 
 import json
@@ -49,8 +49,9 @@ from configs import common
 from ptft_jax.data import text
 
 TINY_DATA = "pkg://sft_tiny"
-# Every projection of a looped decoder layer (query, key, value, out; gate, up, down).
-LORA_TARGETS = (r"backbone/layer_\d+/(attention/(query|key|value|out)"
+# Every projection of a decoder layer (query, key, value, out; gate, up, down); a scanned
+# stack (`layers/`) gets one adapter shared by its layers (docs/text.md), so prefer looped.
+LORA_TARGETS = (r"backbone/(layer_\d+|layers)/(attention/(query|key|value|out)"
                 r"|mlp/(gate|intermediate|output))/kernel")
 
 

@@ -9,10 +9,12 @@ import shutil
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from ptft_jax import tasks
+from ptft_jax.data import text
 from ptft_jax.data.text import TextInfo, hf_vocab, load_hf_tokenizer, sft
 from ptft_jax.errors import ConfigError, DataError
 from ptft_jax.models import Model, gpt
@@ -171,6 +173,35 @@ def test_missing_and_empty_files_and_truncation(tok, tmp_path):
     sft.encode_split(tok, [("a:1", short)], 12)
   with pytest.raises(ConfigError, match="config.data.chat_template: 'chatml' is not one of"):
     sft.with_template(tok, "chatml")
+
+
+def test_sft_data_bundle_holdout_and_config_errors(tmp_path):
+  c = text.sft_config(train=f"{TINY}/validation.jsonl", tokenizer=TINY, seq_len=64,
+                      batch_size=4)
+  bundle = text.text_data(c, seed=0, shard_index=0, shard_count=1)
+  assert bundle.info.format == "sft" and bundle.info.vocab.size == 400
+  batch = next(bundle.train_iterator)
+  assert {k: v.shape for k, v in batch.items()} == {k: (4, 64) for k in (
+      "input_ids", "segment_ids", "positions", "attention_mask", "loss_mask")}
+  held = [r for b in bundle.eval_batches("validation") for r in b["segment_ids"][b["valid"]]]
+  examples = sft.read_sft_jsonl(f"{TINY}/validation.jsonl", "k")
+  train, validation = sft.holdout(examples, 0.05)
+  assert sum(len(set(r[r > 0].tolist())) for r in held) == len(validation) == 5
+  assert {json.dumps(e) for _, e in train}.isdisjoint(json.dumps(e) for _, e in validation)
+  assert sft.holdout(examples[::-1], 0.05)[1] == validation[::-1]  # by content, not order
+  with pytest.raises(ConfigError, match=r"config.data.holdout=1.5: a fraction in \(0, 1\)"):
+    sft.holdout(examples, 1.5)
+  with pytest.raises(ConfigError, match="config.data.files.test: no JSONL file given"):
+    next(iter(bundle.eval_batches("test")))
+  bad = [(dict(tokenizer=dict(c.tokenizer, path="")), "config.data.tokenizer.path: format "
+                                                     "'sft' needs a Hugging Face tokenizer"),
+         (dict(source="corpus"), "config.data.source: format 'sft' reads 'jsonl'"),
+         (dict(format="labeled"), "config.data.tokenizer.path: a Hugging Face tokenizer serves")]
+  for change, error in bad:
+    broken = ml_collections.ConfigDict(c.to_dict())
+    broken.update(change)
+    with pytest.raises(ConfigError, match=error):
+      text.text_data(broken, seed=0, shard_index=0, shard_count=1)
 
 
 # --- packing -------------------------------------------------------------------------------
