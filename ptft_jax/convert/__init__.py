@@ -8,12 +8,16 @@
     Hugging Face BERT (`ptft_jax.convert.hf_bert`).
   import_hf / import_hf_decoder / import_hf_bert: a HF directory -> pretrained workdir
     (`ptft_jax.convert.workdir`).
-  export_run: a fine-tuned text classifier run -> HF BertForSequenceClassification
+  export_run: a fine-tuned run -> HF: a decoder (gpt, causal_lm / sft) -> *ForCausalLM or
+    a PEFT LoRA adapter; a text classifier -> BertForSequenceClassification
     (`ptft_jax.convert.run_export`).
+  export_hf_decoder / export_hf_adapter / config_to_hf: decoder params -> a HF directory /
+    PEFT adapter, a gpt model config -> HF config.json (`ptft_jax.convert.decoder_export`,
+    `ptft_jax.convert.hf_decoder`).
   minilm_dir: a real BERT (all-MiniLM-L6-v2) for tests (`ptft_jax.convert.minilm`).
   CLI: `python -m ptft_jax.convert hf --src DIR --workdir OUT` (any supported model),
        `python -m ptft_jax.convert hf-bert --src DIR --workdir OUT`,
-       `python -m ptft_jax.convert export-hf --workdir RUN --out DIR`.
+       `python -m ptft_jax.convert export-hf --workdir RUN --out DIR [--adapter-only]`.
 
 Attributes are imported lazily, so `python -m ptft_jax.convert.minilm` stays
 light (no jax import).
@@ -22,6 +26,9 @@ light (no jax import).
 import importlib
 
 _EXPORTS = {
+  "config_to_hf": "hf_decoder",
+  "export_hf_adapter": "decoder_export",
+  "export_hf_decoder": "decoder_export",
   "export_hf_bert": "hf_bert",
   "export_hf_classifier": "hf_bert",
   "export_run": "run_export",

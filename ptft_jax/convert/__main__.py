@@ -1,4 +1,4 @@
-"""CLI: Hugging Face models in (BERT and decoder LLMs), BERT classifiers out.
+"""CLI: Hugging Face models in (BERT and decoder LLMs), decoder LLMs and BERT classifiers out.
 
   python -m ptft_jax.convert hf --src DIR --workdir OUT
       reads a HF directory by config.json's model_type: bert as hf-bert below; gpt2,
@@ -11,9 +11,18 @@
       checks it strictly and writes a pretrained workdir (backbone + any
       MLM/NSP heads, and vocab.txt).
   python -m ptft_jax.convert export-hf --workdir RUN --out DIR [--checkpoint latest|best|N]
-      writes a fine-tuned text classifier run (text_classification on a bert
-      backbone) as a BertForSequenceClassification directory that
-      transformers' AutoModelForSequenceClassification.from_pretrained(DIR) loads.
+        [--adapter-only] [--max-shard-size 2GB] [--dtype float32|bfloat16|float16]
+        [--base-model NAME]
+      a decoder run (gpt backbone; causal_lm or sft, full or LoRA): a HF directory that
+      transformers' AutoModelForCausalLM.from_pretrained(DIR) loads: the model_type of the
+      imported model it was fine-tuned from (else gpt2 / llama / mistral / qwen2 / gemma by
+      its shape), LoRA adapters merged, tokenizer and generation files; written tensor by
+      tensor, several safetensors files + index above --max-shard-size. --adapter-only
+      writes a LoRA run's adapters alone in HF PEFT format (adapter_config.json,
+      adapter_model.safetensors) for its base (--base-model names it in the config).
+      A text classifier run (text_classification on a bert backbone): a
+      BertForSequenceClassification directory that transformers'
+      AutoModelForSequenceClassification.from_pretrained(DIR) loads.
 
 User mistakes print one line (`error: ...`) and exit with status 2; --debug shows tracebacks.
 """
@@ -46,8 +55,26 @@ def _hf(args: argparse.Namespace) -> None:
 def _export_hf(args: argparse.Namespace) -> None:
   from ptft_jax.convert import run_export  # Lazy: keeps `--help` fast.
 
-  done = run_export.export_run(args.workdir, args.out, args.checkpoint)
+  done = run_export.export_run(
+      args.workdir, args.out, args.checkpoint, adapter_only=args.adapter_only,
+      max_shard_size=args.max_shard_size, dtype=args.dtype, base_model=args.base_model)
   hf = done.hf_config
+  head = f"exported {args.workdir} (checkpoint {done.checkpoint}, step {done.step}"
+  if done.kind == "adapter":
+    print(f"{head}; {done.decoder.model_type} LoRA rank {hf['r']}, alpha {hf['lora_alpha']} on "
+          f"{', '.join(hf['target_modules'])}) -> {args.out} (PEFT adapter for "
+          f"{hf['base_model_name_or_path']})")
+    return
+  if done.kind == "decoder":
+    d = done.decoder
+    layers = hf.get("num_hidden_layers", hf.get("n_layer"))
+    hidden = hf.get("hidden_size", hf.get("n_embd"))
+    merged = ", LoRA merged" if d.merged else ""
+    tokenizer = f"tokenizer from {d.tokenizer}" if d.tokenizer else "no tokenizer found"
+    weights = [f for f in d.files if f.endswith(".safetensors")]
+    print(f"{head}; {layers} layers, hidden {hidden}{merged}) -> {args.out} "
+          f"({hf['architectures'][0]}, {len(weights)} weight file(s), {tokenizer})")
+    return
   print(f"exported {args.workdir} (checkpoint {done.checkpoint}, step {done.step}; "
         f"{hf['num_hidden_layers']} layers, hidden {hf['hidden_size']}, labels "
         f"{list(hf['label2id'])}) -> {args.out} ({hf['architectures'][0]})")
@@ -65,10 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf.add_argument("--workdir", required=True, help="output workdir")
     hf.add_argument("--debug", action="store_true", help="show tracebacks")
   out = commands.add_parser(
-      "export-hf", help="fine-tuned text classifier run -> HF BertForSequenceClassification dir")
-  out.add_argument("--workdir", required=True, help="the run (text_classification on bert)")
+      "export-hf", help="fine-tuned decoder run -> HF *ForCausalLM dir (or PEFT adapter); "
+      "text classifier run -> HF BertForSequenceClassification dir")
+  out.add_argument("--workdir", required=True,
+                   help="the run (gpt: causal_lm / sft; bert: text_classification)")
   out.add_argument("--out", required=True, help="output directory (created)")
   out.add_argument("--checkpoint", default="latest", help="latest (default), best or a step")
+  out.add_argument("--adapter-only", action="store_true",
+                   help="decoder LoRA runs: the adapters alone, in HF PEFT format")
+  out.add_argument("--max-shard-size", default="2GB",
+                   help="decoders: weights above this go to several files + index (2GB)")
+  out.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="decoders: tensor dtype (float32)")
+  out.add_argument("--base-model", default=None,
+                   help="--adapter-only: base_model_name_or_path (default: the imported "
+                   "model's _name_or_path, else the run's init workdir)")
   out.add_argument("--debug", action="store_true", help="show tracebacks")
   args = parser.parse_args(argv)
   try:

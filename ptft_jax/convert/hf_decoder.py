@@ -31,6 +31,7 @@ memory-mapped file (`convert.safetensors_io`), so no host holds the whole model.
   logits = ptft_jax.models.causal_lm_logits(model_config, params, input_ids)
 """
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -79,6 +80,11 @@ def read_hf_config(model_dir: str | os.PathLike) -> dict[str, Any]:
   if not isinstance(hf, dict):
     raise CheckpointError(f"{path}: not a JSON object")
   return hf
+
+
+def model_type_of(hf: Mapping[str, Any], path: str = CONFIG_FILE) -> str:
+  """`model_type` of a HF config dict if it is a supported decoder (else a one-line error)."""
+  return _model_type(hf, path)
 
 
 def _model_type(hf: Mapping[str, Any], path: str) -> str:
@@ -344,3 +350,295 @@ def load_hf_decoder(model_dir: str | os.PathLike, *, placement: Placement | None
   model_config, params, _ = _load(os.fspath(model_dir), placement, overrides)
   return model_config, params
 
+
+
+# --- export: the inverse mapping -------------------------------------------------------------
+
+# The *ForCausalLM class transformers builds for each model_type.
+CAUSAL_LM_CLASSES = {"gemma": "GemmaForCausalLM", "gpt2": "GPT2LMHeadModel",
+                     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                     "qwen2": "Qwen2ForCausalLM"}
+# Our activation -> HF's name (gpt2's gelu_new and the others' gelu_pytorch_tanh are the same).
+_HF_ACTIVATIONS = {"gelu": "gelu", "silu": "silu"}
+_HF_TANH_GELU = {"gpt2": "gelu_new"}
+# TransformerConfig fields that do not change the function a model computes (how it runs).
+RUNTIME_FIELDS = ("attention_dropout_rate", "attention_impl", "dropout_rate", "dtype", "remat",
+                  "scan_layers")
+# What GptDecoder always is (models.gpt's defaults); anything else has no HF decoder.
+_GPT_FIXED = dict(causal=True, pre_norm=True, type_vocab_size=0, pooler=False)
+_PREFIX = {"gpt2": "transformer."}  # others: "model."
+LM_HEAD = "lm_head.weight"
+
+
+def gpt_fields(model_config: Mapping[str, Any]) -> dict[str, Any]:
+  """Every TransformerConfig field of a `gpt` model config (`config.model`: a ConfigDict or
+  dict, `name` ignored), defaults filled in as `models.gpt` fills them."""
+  from ptft_jax.models.transformer import TransformerConfig
+
+  given = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(model_config).items()
+           if k != "name"}
+  try:
+    return dataclasses.asdict(TransformerConfig(**{**_GPT_FIXED, **given}))
+  except TypeError as e:
+    raise ConfigError(f"config.model is not a gpt model config: "
+                      f"{safetensors_io.first_line(e)}") from None
+
+
+def architecture(fields: Mapping[str, Any]) -> dict[str, Any]:
+  """The fields of `gpt_fields(...)` that determine the function computed, normalized:
+  effective head_dim and kv heads, rope settings only where they apply."""
+  out = {k: v for k, v in fields.items() if k not in RUNTIME_FIELDS}
+  heads = out["num_heads"]
+  out["head_dim_override"] = out["head_dim_override"] or out["hidden_size"] // heads
+  out["num_kv_heads"] = out["num_kv_heads"] or heads
+  rope = ("rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor",
+          "rope_high_freq_factor", "rope_original_max_positions")
+  keep = {"": ("rope_theta",), "linear": ("rope_theta", "rope_scaling", "rope_factor")}.get(
+      out["rope_scaling"], rope) if out["position_embedding"] == "rope" else ()
+  for key in rope:
+    if key not in keep:
+      out.pop(key)
+  out["norm_offset"] = float(out["norm_offset"])
+  return out
+
+
+def same_architecture(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+  """Whether two `gpt` model configs compute the same function (RUNTIME_FIELDS aside)."""
+  return architecture(gpt_fields(a)) == architecture(gpt_fields(b))
+
+
+def choose_model_type(model_config: Mapping[str, Any]) -> str:
+  """The HF model_type a `gpt` model config is shaped like (not yet checked field by field;
+  `config_to_hf` does that): LayerNorm -> gpt2; Gemma's norm offset or embedding scale ->
+  gemma; q/k/v biases only -> qwen2; a sliding window -> mistral; else llama."""
+  c = gpt_fields(model_config)
+  if c["norm"] == "layer":
+    return "gpt2"
+  if c["norm_offset"] or c["embed_scale"]:
+    return "gemma"
+  if c["qkv_bias"] and not c["out_bias"] and not c["mlp_bias"]:
+    return "qwen2"
+  if c["sliding_window"]:
+    return "mistral"
+  return "llama"
+
+
+def _requirements(model_type: str, c: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+  """(field, value it must have, what HF has) for `model_type`; checked in order."""
+  heads, hidden = c["num_heads"], c["hidden_size"]
+  common = [(k, v, f"{k}={v!r} (all HF decoders)") for k, v in _GPT_FIXED.items()]
+  if model_type == "gpt2":
+    return common + [
+        ("norm", "layer", "LayerNorm"), ("position_embedding", "learned", "learned positions"),
+        ("gated_mlp", False, "a plain MLP"), ("qkv_bias", True, "biases everywhere"),
+        ("out_bias", True, "biases everywhere"), ("mlp_bias", True, "biases everywhere"),
+        ("num_kv_heads", c["num_kv_heads"] if c["num_kv_heads"] in (0, heads) else 0,
+         "no grouped-query attention"),
+        ("head_dim_override", c["head_dim_override"] if c["head_dim_override"] in (
+            0, hidden // heads) else 0, "head_dim = hidden / heads"),
+        ("norm_offset", 0.0, "no norm offset"), ("embed_scale", False, "no embedding scale"),
+        ("sliding_window", 0, "no sliding window")]
+  rope = common + [("norm", "rms", "RMSNorm"), ("position_embedding", "rope", "rotary positions"),
+                   ("gated_mlp", True, "a gated MLP")]
+  plain = [("norm_offset", 0.0, "RMSNorm without offset"),
+           ("embed_scale", False, "no embedding scale")]
+  if model_type == "llama":
+    return rope + plain + [
+        ("out_bias", c["qkv_bias"], "one attention_bias for q/k/v and o"),
+        ("sliding_window", 0, "no sliding window (mistral has one)")]
+  if model_type == "mistral":
+    return rope + plain + [("qkv_bias", False, "no biases"), ("out_bias", False, "no biases"),
+                           ("mlp_bias", False, "no biases")]
+  if model_type == "qwen2":
+    return rope + plain + [("qkv_bias", True, "q/k/v biases"), ("out_bias", False, "no o bias"),
+                           ("mlp_bias", False, "no MLP biases")]
+  return rope + [  # gemma
+      ("norm_offset", 1.0, "RMSNorm(1 + w)"), ("embed_scale", True, "embeddings * sqrt(hidden)"),
+      ("out_bias", c["qkv_bias"], "one attention_bias for q/k/v and o"),
+      ("mlp_bias", False, "no MLP biases"), ("sliding_window", 0, "no sliding window")]
+
+
+def _rope_scaling(c: Mapping[str, Any]) -> dict[str, Any] | None:
+  if c["rope_scaling"] == "linear":
+    return {"rope_type": "linear", "factor": float(c["rope_factor"])}
+  if c["rope_scaling"] == "llama3":
+    return {"rope_type": "llama3", "factor": float(c["rope_factor"]),
+            "low_freq_factor": float(c["rope_low_freq_factor"]),
+            "high_freq_factor": float(c["rope_high_freq_factor"]),
+            "original_max_position_embeddings": int(c["rope_original_max_positions"])}
+  return None
+
+
+def rope_parameters(model_config: Mapping[str, Any]) -> dict[str, Any]:
+  """transformers 5's `rope_parameters` dict (rope_theta inside) for a rope model config."""
+  c = gpt_fields(model_config)
+  return {"rope_type": "default", **(_rope_scaling(c) or {}), "rope_theta": float(c["rope_theta"])}
+
+
+def config_to_hf(model_config: Mapping[str, Any], model_type: str | None = None, *,
+                 tied: bool = True) -> dict[str, Any]:
+  """A `gpt` model config -> the HF decoder `config.json` dict computing the same function.
+
+  The inverse of `config_from_hf`: `config_from_hf(config_to_hf(c)) == c` for the configs
+  it returns. Rope settings are written as `rope_theta` + `rope_scaling` and Qwen2's window
+  as `use_sliding_window` / `max_window_layers`, which transformers 4 and 5 both read.
+
+  Args:
+    model_config: `config.model` of a decoder (`name="gpt"` + TransformerConfig fields).
+    model_type: gpt2 / llama / mistral / qwen2 / gemma; default `choose_model_type`.
+    tied: the LM head reuses the input embeddings (`tie_word_embeddings`).
+
+  Raises one-line ConfigErrors naming the first field `model_type` cannot express.
+  """
+  c = gpt_fields(model_config)
+  model_type = model_type or choose_model_type(c)
+  if model_type not in MODEL_TYPES:
+    raise ConfigError(f"model_type {model_type!r} is not supported (decoders: "
+                      f"{', '.join(MODEL_TYPES)})")
+  for field, want, what in _requirements(model_type, c):
+    if c[field] != want:
+      raise ConfigError(
+          f"config.model.{field}={c[field]!r} has no {model_type} equivalent ({model_type} "
+          f"needs {field}={want!r}: {what}); export-hf writes {', '.join(MODEL_TYPES)}")
+  act = c["activation"]
+  hf_act = _HF_ACTIVATIONS.get(act) or _HF_TANH_GELU.get(model_type, "gelu_pytorch_tanh")
+  base = dict(architectures=[CAUSAL_LM_CLASSES[model_type]], model_type=model_type,
+              vocab_size=c["vocab_size"], tie_word_embeddings=bool(tied))
+  if model_type == "gpt2":
+    hf = dict(base, n_embd=c["hidden_size"], n_layer=c["num_layers"], n_head=c["num_heads"],
+              n_inner=c["intermediate_size"], n_positions=c["max_position_embeddings"],
+              layer_norm_epsilon=c["layer_norm_eps"], activation_function=hf_act,
+              scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+              reorder_and_upcast_attn=False, add_cross_attention=False,
+              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+  else:
+    heads = c["num_heads"]
+    hf = dict(base, hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+              num_hidden_layers=c["num_layers"], num_attention_heads=heads,
+              num_key_value_heads=c["num_kv_heads"] or heads,
+              head_dim=c["head_dim_override"] or c["hidden_size"] // heads,
+              max_position_embeddings=c["max_position_embeddings"],
+              rms_norm_eps=c["layer_norm_eps"], hidden_act=hf_act,
+              rope_theta=float(c["rope_theta"]), rope_scaling=_rope_scaling(c),
+              attention_dropout=0.0)
+    window = int(c["sliding_window"])
+    if model_type in ("llama", "gemma"):
+      hf["attention_bias"] = bool(c["qkv_bias"])
+    if model_type == "llama":
+      hf.update(mlp_bias=bool(c["mlp_bias"]), pretraining_tp=1)
+    elif model_type == "mistral":
+      hf["sliding_window"] = window or None
+    elif model_type == "qwen2":
+      hf.update(use_sliding_window=bool(window), sliding_window=window or None,
+                max_window_layers=0 if window else c["num_layers"])
+    elif model_type == "gemma":
+      hf["hidden_activation"] = hf_act
+  check_round_trip(hf, c, model_type)
+  return hf
+
+
+def check_round_trip(hf: Mapping[str, Any], model_config: Mapping[str, Any],
+                     what: str = CONFIG_FILE) -> None:
+  """`config_from_hf(hf)` computes what `model_config` does (RUNTIME_FIELDS aside), or a
+  one-line ConfigError naming the first field that differs."""
+  want = architecture(gpt_fields(model_config))
+  got = architecture(gpt_fields(config_from_hf(hf, what)))
+  for key in sorted(set(want) | set(got)):
+    if want.get(key) != got.get(key):
+      raise ConfigError(f"config.model.{key}={want.get(key)!r} has no {hf.get('model_type')} "
+                        f"equivalent ({what} would give {got.get(key)!r})")
+
+
+def update_hf_config(hf: Mapping[str, Any], model_config: Mapping[str, Any], *,
+                     tied: bool, path: str = CONFIG_FILE) -> dict[str, Any]:
+  """An imported model's HF config with only what the fine-tuned `model_config` changed.
+
+  Same model_type; keys whose value `config_to_hf` would write differently are replaced
+  (rope in the key style the file uses); `architectures` names the *ForCausalLM class.
+  """
+  model_type = _model_type(hf, path)
+  out = dict(hf)
+  same = (same_architecture(config_from_hf(hf, path), model_config)
+          and tied_embeddings(hf, path) == tied)
+  if not same:
+    want = config_to_hf(model_config, model_type, tied=tied)
+    if out.get("rope_parameters"):  # transformers 5 style: rope_theta inside rope_parameters
+      want.pop("rope_theta", None)
+      want.pop("rope_scaling", None)
+      if model_type != "gpt2":
+        want["rope_parameters"] = rope_parameters(model_config)
+    if model_type == "qwen2" and out.get("layer_types") is not None:
+      window = want["use_sliding_window"]
+      want["layer_types"] = ["sliding_attention" if window else "full_attention"] * (
+          want["num_hidden_layers"])
+    for key, value in want.items():
+      if key != "architectures" and out.get(key) != value:
+        out[key] = value
+  out["architectures"] = [CAUSAL_LM_CLASSES[model_type]]
+  check_round_trip(out, model_config, path)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class HfTensor:
+  """One tensor of an exported HF checkpoint and the params it is made of.
+
+  `name` is the full name in the file (`model.layers.0.self_attn.q_proj.weight`), `shape`
+  its HF shape; each part is an `Entry` whose `path` starts at the params' root
+  (`backbone/...`, `heads/lm/...`): the whole tensor (transposed when `transpose`), or a
+  column range of a packed tensor (GPT-2's `c_attn`).
+  """
+
+  name: str
+  shape: tuple[int, ...]
+  parts: tuple[Entry, ...]
+
+
+def export_layout(model_type: str, model_config: Mapping[str, Any], *,
+                  tied: bool) -> list[HfTensor]:
+  """The tensors of a `model_type` checkpoint (`*ForCausalLM` names) for `model_config`:
+  the inverse of what `load_hf_decoder` reads (same Entry list), no lm_head when tied."""
+  c = ml_collections.ConfigDict(gpt_fields(model_config))
+  entries, _, output = _entries(model_type, c)
+  prefix = _PREFIX.get(model_type, "model.")
+  grouped: dict[str, list[Entry]] = {}
+  for e in entries:
+    grouped.setdefault(e.name, []).append(
+        dataclasses.replace(e, path=("backbone",) + tuple(e.path)))
+  out = [HfTensor(prefix + name, parts[0].shape, tuple(parts)) for name, parts in grouped.items()]
+  if not tied:
+    out.append(HfTensor(output, (c.vocab_size, c.hidden_size), (Entry(
+        output, ("heads", "lm", "output", "kernel"), (c.vocab_size, c.hidden_size),
+        transpose=True),)))
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class HfModule:
+  """The HF module a kernel of ours belongs to (for LoRA adapters).
+
+  `module`: its path in the *ForCausalLM (`model.layers.0.self_attn.q_proj`); `linear`:
+  a torch Linear (`[out, in]` weight) rather than GPT-2's Conv1D (`[in, out]`); `columns`:
+  the kernel's column range in a packed module (GPT-2's `c_attn` q|k|v), else None;
+  `width`: the module's output width.
+  """
+
+  module: str
+  linear: bool
+  columns: tuple[int, int] | None
+  width: int
+
+
+def kernel_modules(layout: list[HfTensor]) -> dict[str, HfModule]:
+  """{our kernel path "backbone/layer_0/attention/query/kernel": its HfModule} for the
+  2-D weights of an `export_layout`."""
+  out = {}
+  for tensor in layout:
+    if not tensor.name.endswith(".weight") or len(tensor.shape) != 2:
+      continue
+    module = tensor.name[:-len(".weight")]
+    for part in tensor.parts:
+      if part.path[-1] == "kernel":
+        width = tensor.shape[0] if part.transpose else tensor.shape[1]
+        out["/".join(part.path)] = HfModule(module, part.transpose, part.columns, width)
+  return out

@@ -1,10 +1,14 @@
-"""A fine-tuned ptft_jax text classifier run -> a Hugging Face BertForSequenceClassification dir.
+"""A fine-tuned ptft_jax run -> a Hugging Face directory, by the run's backbone and task.
 
-What `python -m ptft_jax.convert export-hf --workdir RUN --out DIR` does. The
-run's `config.json` gives the model (a `bert` backbone) and the task
-(`text_classification`), `labels.json` the class names and the vocabulary, and
-`checkpoints/` (or `best/`) the weights. A LoRA run's latest checkpoint has
-its adapters merged first.
+What `python -m ptft_jax.convert export-hf --workdir RUN --out DIR` does.
+
+  gpt backbone, a causal-LM task (causal_lm, sft, or any task config with `tied`)
+      -> a HF *ForCausalLM directory (gpt2 / llama / mistral / qwen2 / gemma), or with
+         `adapter_only` the LoRA adapters in HF PEFT format: `convert.decoder_export`.
+  bert backbone, text_classification
+      -> BertForSequenceClassification: the run's `config.json` gives the model and the
+         task, `labels.json` the class names and the vocabulary, and `checkpoints/` (or
+         `best/`) the weights. A LoRA run's latest checkpoint has its adapters merged first.
 
 convert may not import ptft_jax.inference (tests/unit/test_layout.py), so the
 checkpoint choice is `train.checkpoint.resolve_checkpoint`, as for predict and eval.
@@ -18,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ptft_jax.convert import hf_bert
+from ptft_jax.convert import decoder_export, hf_bert
 from ptft_jax.data import labels_json
 from ptft_jax.errors import CheckpointError, ConfigError, UserError
 from ptft_jax.models.transformer import TransformerConfig
@@ -26,15 +30,23 @@ from ptft_jax.train import checkpoint, finetune
 
 RUN_CONFIG_FILE = "config.json"
 HEAD = "classifier"  # TextClassification.head_name; its Dense is also named "classifier"
+CAUSAL_LM_TASKS = ("causal_lm", "sft")
 
 
 @dataclasses.dataclass
 class Exported:
-  """What `export_run` wrote: the checkpoint step it read and the HF config."""
+  """What `export_run` wrote: the checkpoint step it read and the HF config.
+
+  `kind`: "bert_classifier", "decoder" (a *ForCausalLM directory) or "adapter" (a PEFT
+  LoRA adapter; `hf_config` is then its adapter_config.json). `decoder`: the details of a
+  decoder export (model_type, files, where the tokenizer came from), else None.
+  """
 
   step: int
   checkpoint: str  # "latest", "best" or the step
   hf_config: dict
+  kind: str = "bert_classifier"
+  decoder: decoder_export.DecoderExport | None = None
 
 
 def _read_run_config(workdir: str) -> dict[str, Any]:
@@ -58,7 +70,7 @@ def _check_run(workdir: str, config: dict[str, Any]) -> None:
   if task != "text_classification":
     raise ConfigError(f"--workdir {workdir}: task {task!r} is not 'text_classification'; "
                       "export-hf writes BertForSequenceClassification from a fine-tuned text "
-                      "classifier run")
+                      "classifier run (and causal LMs: causal_lm / sft on a gpt backbone)")
   model = config.get("model", {}).get("name")
   if model != "bert":
     raise ConfigError(f"--workdir {workdir}: model {model!r} is not 'bert'; export-hf "
@@ -112,16 +124,34 @@ def _labels_and_vocab(workdir: str, config: dict[str, Any], num_classes: int):
   return names, vocab, lowercase
 
 
+def is_causal_lm(config: dict[str, Any]) -> bool:
+  """A run config of a decoder LM: a gpt backbone with causal_lm / sft (or a task config
+  with `tied`, as the causal-LM tasks have)."""
+  task = config.get("task") or {}
+  return (config.get("model", {}).get("name") == "gpt"
+          and (task.get("name") in CAUSAL_LM_TASKS or "tied" in task))
+
+
 def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike,
-               which: str | int = "latest") -> Exported:
-  """Writes run `workdir`'s checkpoint `which` as a HF BertForSequenceClassification directory.
+               which: str | int = "latest", *, adapter_only: bool = False,
+               max_shard_size: int | str = decoder_export.DEFAULT_MAX_SHARD_SIZE,
+               dtype: str = "float32", base_model: str | None = None,
+               mesh=None) -> Exported:
+  """Writes run `workdir`'s checkpoint `which` as a Hugging Face directory.
 
   Args:
-    workdir: a `text_classification` run on a `bert` backbone with
-      `config.task.pooling='cls'` (e.g. `configs/glue.py:task=sentiment,model=tiny`).
-    out_dir: the HF directory (see `hf_bert.export_hf_classifier`); must not be
-      the run itself.
+    workdir: a decoder run (`gpt` backbone, causal_lm / sft; see `convert.decoder_export`)
+      or a `text_classification` run on a `bert` backbone with `config.task.pooling='cls'`
+      (e.g. `configs/glue.py:task=sentiment,model=tiny`).
+    out_dir: the HF directory (see `hf_bert.export_hf_classifier`,
+      `decoder_export.export_hf_decoder`); must not be the run itself.
     which: `latest`, `best` or a step number.
+    adapter_only: decoders: the LoRA adapters alone, in HF PEFT format.
+    max_shard_size: decoders: larger weights go to several files + an index.
+    dtype: decoders: float32 (default), bfloat16 or float16 tensors.
+    base_model: adapters: `base_model_name_or_path` (default: the imported model's
+      `_name_or_path`, else the run's init workdir).
+    mesh: decoders: where the params are restored (default: all devices on fsdp).
 
   Raises one-line UserErrors for other runs, missing checkpoints or vocabularies.
   """
@@ -130,6 +160,17 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike,
   if out_dir == workdir or os.path.isdir(checkpoint.checkpoint_dir(out_dir)):
     raise UserError(f"--out {out_dir} is a run directory; choose a new directory for the export")
   config = _read_run_config(workdir)
+  if "stages" not in config and is_causal_lm(config):
+    which = str(which)
+    where, step, _ = checkpoint.resolve_checkpoint(workdir, which)
+    done = decoder_export.export_decoder_run(
+        workdir, config, out_dir, where=where, step=step, adapter_only=adapter_only,
+        max_shard_size=max_shard_size, dtype=dtype, base_model=base_model, mesh=mesh)
+    return Exported(step=step, checkpoint=which, hf_config=done.config,
+                    kind="adapter" if done.adapter else "decoder", decoder=done)
+  if adapter_only:
+    raise UserError(f"--adapter-only: {workdir} is not a decoder run (config.model.name "
+                    "'gpt' with task causal_lm or sft); it applies to decoder LoRA runs")
   _check_run(workdir, config)
   model_config = _transformer_config(workdir, config["model"])
   which = str(which)
