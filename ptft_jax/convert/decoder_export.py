@@ -74,6 +74,7 @@ _UNITS = {"": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**
           "GIB": 2**30}
 _LAYER = re.compile(r"layer_(\d+)")
 _INIT_CHAIN = 8  # runs followed back to an imported model
+_TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 Tree = Mapping[str, Any]
 
@@ -661,7 +662,7 @@ def token_ids(tokenizer_dir: str) -> dict[str, int]:
   from ptft_jax.data.text import hf_tokenizer
 
   tok = hf_tokenizer.load_hf_tokenizer(tokenizer_dir, "the run's tokenizer")
-  out = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+  out = dict(zip(_TOKEN_ID_KEYS, (tok.bos_id, tok.eos_id, tok.pad_id), strict=True))
   return {k: v for k, v in out.items() if v is not None}
 
 
@@ -774,7 +775,9 @@ def export_decoder_run(workdir: str, config: Mapping[str, Any], out_dir: str, *,
                                 files=files)
   else:
     hf = hf_decoder.config_to_hf(model_config, model_type, tied=tied)
-    hf.update(token_ids(tokenizer_dir))
+    # The tokenizer's special ids; none known: null (not the HF class's defaults, which
+    # may lie outside this vocabulary, e.g. GPT-2's 50256).
+    hf.update({k: None for k in _TOKEN_ID_KEYS}, **token_ids(tokenizer_dir))
     written = export_hf_decoder(model_config, params, out_dir, tied=tied, hf_config=hf,
                                 lora_alpha=alpha, dtype=dtype, max_shard_size=max_shard_size,
                                 generation_config=gen, files=files)
