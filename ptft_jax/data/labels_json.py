@@ -22,19 +22,24 @@ from ptft_jax.utils import write_json_atomic
 
 LABELS_FILE = "labels.json"
 VOCAB_FILE = "vocab.txt"  # a text run's vocabulary, copied into the workdir
+# A Hugging Face tokenizer is copied with the files that give its special tokens and chat
+# template (generation reads them from the run); config.json is the run's own, never copied.
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                      "chat_template.jinja", "generation_config.json")
 
 
 def label_record(config: ml_collections.ConfigDict, info: Any) -> dict:
   """What prediction needs to know about the data: class names and the input format.
 
-  A text run's "vocab" is `VOCAB_FILE`, relative to the workdir (see `write_labels_json`).
+  A text run's "vocab" is `VOCAB_FILE` (or `tokenizer.json` for a Hugging Face
+  tokenizer), relative to the workdir (see `write_labels_json`).
   """
   from ptft_jax.data.text import TextInfo
 
   if isinstance(info, TextInfo):
     return {"kind": "text", "dataset": info.name, "format": info.format,
             "label_type": info.label_type, "label_names": list(info.label_names),
-            "seq_len": info.seq_len, "vocab": VOCAB_FILE,
+            "seq_len": info.seq_len, "vocab": _copy_name(info.vocab.path),
             "lowercase": bool(config.data.tokenizer.get("lowercase", True))}
   return {"kind": "image", "dataset": info.name, "label_type": "class",
           "label_names": [str(n) for n in getattr(info, "label_names", ())],
@@ -45,18 +50,34 @@ def write_labels_json(workdir: str, config: ml_collections.ConfigDict, info: Any
   """Writes `<workdir>/labels.json` (process 0, atomically) so outputs speak in names.
 
   A text run's vocabulary is copied to `<workdir>/vocab.txt` first (atomically), so
-  predictions never depend on the data dir or the path the vocabulary came from.
+  predictions never depend on the data dir or the path the vocabulary came from; a
+  Hugging Face tokenizer's `tokenizer.json` with its side files (`HF_TOKENIZER_FILES`).
   """
   if jax.process_index() != 0:
     return
   vocab = getattr(info, "vocab", None)
   if vocab is not None:
-    target = os.path.join(workdir, VOCAB_FILE)
-    if os.path.abspath(vocab.path) != os.path.abspath(target):
-      tmp = f"{target}.tmp.{os.getpid()}"
-      shutil.copyfile(vocab.path, tmp)
-      os.replace(tmp, target)
+    name = _copy_name(vocab.path)
+    folder = os.path.dirname(os.path.abspath(vocab.path))
+    names = HF_TOKENIZER_FILES if name != VOCAB_FILE else ()
+    _copy_atomic(vocab.path, os.path.join(workdir, name))
+    for side in names[1:]:
+      if os.path.isfile(os.path.join(folder, side)):
+        _copy_atomic(os.path.join(folder, side), os.path.join(workdir, side))
   write_json_atomic(os.path.join(workdir, LABELS_FILE), label_record(config, info))
+
+
+def _copy_name(vocab_path: str) -> str:
+  """The name a run's vocabulary gets in its workdir."""
+  hf = os.path.basename(vocab_path) == HF_TOKENIZER_FILES[0]
+  return HF_TOKENIZER_FILES[0] if hf else VOCAB_FILE
+
+
+def _copy_atomic(source: str, target: str) -> None:
+  if os.path.abspath(source) != os.path.abspath(target):
+    tmp = f"{target}.tmp.{os.getpid()}"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def read_labels_json(workdir: str) -> dict | None:
@@ -81,7 +102,12 @@ def info_from_record(record: dict, workdir: str = "") -> Any:
     from ptft_jax.data.text import TextInfo, load_tokenizer
 
     path = os.path.join(workdir, record["vocab"])
-    _, vocab = load_tokenizer(path, bool(record["lowercase"]))
+    if os.path.basename(path) == HF_TOKENIZER_FILES[0]:
+      from ptft_jax.data.text import hf_vocab, load_hf_tokenizer
+
+      vocab = hf_vocab(load_hf_tokenizer(path, LABELS_FILE))
+    else:
+      _, vocab = load_tokenizer(path, bool(record["lowercase"]))
     return TextInfo(name=record["dataset"], format=record["format"], seq_len=record["seq_len"],
                     vocab=vocab, nsp=False, label_type=record["label_type"],
                     label_names=tuple(record["label_names"]),

@@ -24,9 +24,13 @@ from ptft_jax.errors import DataError, UserError
 
 
 def read_prompts(path: str) -> list[dict]:
-  """JSONL -> [{"key": {"id"|"line": ...}, "prompt"|"input_ids"|"messages": ...}]."""
-  from ptft_jax.data.sources import user_text_lines
+  """JSONL -> [{"key": {"id"|"line": ...}, "prompt"|"input_ids"|"messages": ..., "answer"}].
 
+  `path` may be a shipped asset (`pkg://sft_tiny/test.jsonl`)."""
+  from ptft_jax.data.sources import user_text_lines
+  from ptft_jax.data.text.sources import resolve_path
+
+  path = resolve_path(path)
   rows = []
   for n, line in enumerate(user_text_lines(path, "--input"), 1):
     if not line.strip():

@@ -106,11 +106,14 @@ class Generator:
     eos_ids: tokens that end a row (default: the tokenizer's `stop_ids`).
     pad_id: the id written after a row has ended and used for left padding.
     mesh: place the batch and KV cache on it (params should already be placed).
+    chat_prompts: text prompts are user turns of the tokenizer's chat template (with the
+      generation prompt), as an instruction-tuned run (`config.data.format="sft"`) saw
+      them; otherwise plain text.
   """
 
   def __init__(self, model_config: Any, params: Mapping[str, Any], *, tokenizer: Any = None,
                eos_ids: Sequence[int] | None = None, pad_id: int | None = None,
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None, chat_prompts: bool = False):
     self.model_config = decoder_config(model_config)
     self.model_config.dropout_rate = 0.0
     self.model_config.attention_dropout_rate = 0.0
@@ -124,6 +127,7 @@ class Generator:
       pad_id = getattr(tokenizer, "pad_id", None)
     self.pad_id = int(pad_id if pad_id is not None else (self.eos_ids or (0,))[0])
     self.mesh = mesh
+    self.chat_prompts = chat_prompts
     self.compiles = 0
     self._run = jax.jit(self._generate, static_argnames=("new_bucket",))
 
@@ -181,6 +185,10 @@ class Generator:
   def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
     if self.tokenizer is None:
       raise UserError("this generator has no tokenizer: pass token_ids= (lists of ints)")
+    if self.chat_prompts:
+      from ptft_jax.data.text import sft
+
+      return [sft.prompt_ids(self.tokenizer, p) for p in prompts]
     prefix = list(self.tokenizer.prefix_ids)
     return [prefix + list(self.tokenizer.encode(p)) for p in prompts]
 
@@ -252,17 +260,22 @@ class Generator:
 
 
 def _load_tokenizer(path: str, run_config: ml_collections.ConfigDict | None):
-  """The directory's tokenizer.json, else the one the run's data config names, else None."""
-  from ptft_jax.data.text import hf_tokenizer
+  """The directory's tokenizer.json, else the one the run's data config names, else None;
+  an instruction-tuned run's with the chat template it trained with."""
+  from ptft_jax.data.text import hf_tokenizer, sft
 
-  if os.path.isfile(os.path.join(path, hf_tokenizer.TOKENIZER_FILE)):
-    return hf_tokenizer.load_hf_tokenizer(path, "--workdir")
-  named = run_config.get("data", {}).get("tokenizer", "") if run_config is not None else ""
-  if isinstance(named, Mapping) or hasattr(named, "get"):
+  data = run_config.get("data", {}) if run_config is not None else {}
+  named = data.get("tokenizer", "")
+  if hasattr(named, "get"):
     named = named.get("path", "")
-  if named:
-    return hf_tokenizer.load_hf_tokenizer(str(named), "config.data.tokenizer")
-  return None
+  tokenizer = None
+  if os.path.isfile(os.path.join(path, hf_tokenizer.TOKENIZER_FILE)):
+    tokenizer = hf_tokenizer.load_hf_tokenizer(path, "--workdir")
+  elif named:
+    tokenizer = hf_tokenizer.load_hf_tokenizer(str(named), "config.data.tokenizer.path")
+  if tokenizer is not None and data.get("format") == "sft":
+    tokenizer = sft.with_template(tokenizer, data.get("chat_template", "auto"))
+  return tokenizer
 
 
 def load_generator(path: str | os.PathLike, checkpoint: str | int = "latest", *,
@@ -270,7 +283,9 @@ def load_generator(path: str | os.PathLike, checkpoint: str | int = "latest", *,
   """A Generator for a decoder: a ptft_jax run (its `checkpoint`: latest, best or a step;
   LoRA adapters merged), an imported workdir (`python -m ptft_jax.convert hf`) or a
   Hugging Face model directory. The tokenizer is the directory's `tokenizer.json`, else
-  the one the run's data config names. With a mesh every leaf is created in its sharding."""
+  the one the run's data config names; an instruction-tuned run's text prompts go
+  through the chat template it trained with. With a mesh every leaf is created in its
+  sharding."""
   from ptft_jax.train import checkpoint as ckpt
   from ptft_jax.train import placement
 
@@ -294,5 +309,7 @@ def load_generator(path: str | os.PathLike, checkpoint: str | int = "latest", *,
       raise UserError(f"{path} is not a ptft_jax run: --checkpoint {checkpoint} does not apply")
     model_config, params = placement.load_params(path, mesh=mesh, rules=rules)
   tokenizer = _load_tokenizer(path, run_config)
-  return Generator(model_config, params, tokenizer=tokenizer, mesh=mesh)
+  chat = (run_config is not None and run_config.get("data", {}).get("format") == "sft"
+          and tokenizer is not None and tokenizer.chat_template is not None)
+  return Generator(model_config, params, tokenizer=tokenizer, mesh=mesh, chat_prompts=chat)
 
