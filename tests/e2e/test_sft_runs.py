@@ -57,6 +57,16 @@ def test_tiny_sft_learns_and_resumes_exactly(tmp_path, monkeypatch):
   a = flat(checkpoint.load_params(str(tmp_path / "straight"))[0]["params"])
   b = flat(checkpoint.load_params(str(tmp_path / "resumed"))[0]["params"])
   assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  # The run generates on its own: tokenizer files copied in, prompts through its template.
+  generator = pj.load_generator(str(tmp_path / "straight"))
+  assert generator.tokenizer.path == str(tmp_path / "straight" / "tokenizer.json")
+  assert generator.chat_prompts and generator.tokenizer.chat_template
+  prompt = "Uppercase: a b"
+  ids = generator.encode_prompts([prompt])[0]
+  assert "<|im_start|>user\nUppercase: a b<|im_end|>" in generator.tokenizer.decode(
+      ids, skip_special_tokens=False)
+  out = generator.generate([prompt], max_new_tokens=4)[0]
+  assert out.prompt_tokens == len(ids) and 1 <= len(out.token_ids) + (out.finish_reason == "eos")
 
 
 @pytest.fixture(scope="module")
