@@ -104,11 +104,19 @@ def _transformer_shape(config, layout: Layout, example: Mapping[str, Any]) -> di
   hidden = int(mc.get("hidden_size", 768))
   seq_len = int(np.shape(example["input_ids"])[1])
   task = config.get("task") or {}
-  # Logits over the vocabulary: every token for a causal LM, the masked positions for BERT.
-  positions = {"causal_lm": seq_len, "masked_lm": int(task.get("max_predictions_per_seq", 0))}
+  # Logits over the vocabulary: the masked positions for BERT; for a causal LM / SFT every
+  # token, or one chunk of `loss_chunk` positions at a time (the chunked cross-entropy).
+  chunk = int(task.get("loss_chunk", 0) or 0)
+  lm_positions = min(seq_len, chunk) if chunk > 0 else seq_len
+  positions = {"causal_lm": lm_positions, "sft": lm_positions,
+               "masked_lm": int(task.get("max_predictions_per_seq", 0))}
+  intermediate = int(mc.get("intermediate_size", 4 * hidden))
+  if mc.get("gated_mlp", False):
+    # SwiGLU / GeGLU keep two [tokens, intermediate] matmul outputs and two products where
+    # a plain MLP keeps one output and its activation: the intermediate terms double.
+    intermediate *= 2
   return dict(
-      batch=batch, seq_len=seq_len, hidden=hidden,
-      intermediate=int(mc.get("intermediate_size", 4 * hidden)),
+      batch=batch, seq_len=seq_len, hidden=hidden, intermediate=intermediate,
       heads=int(mc.get("num_heads", 12)), layers=int(mc.get("num_layers", 12)),
       bf16=config.train.get("compute_dtype", "float32") == "bfloat16" or mc.get(
           "dtype", "float32") in ("bfloat16", "float16"),
