@@ -37,6 +37,7 @@ no DIR, and an existing non-empty DIR is refused before anything is written.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -233,16 +234,22 @@ def _find(tree: Tree, path: Sequence[str]):
   return node, index
 
 
+@functools.lru_cache(maxsize=64)
+def _merge_fn(sharding, scale: float):
+  """One jitted merge per (output sharding, scale): compiled once per kernel shape."""
+  def merge(w, a, b):
+    delta = (a.astype(jnp.float32) @ b.astype(jnp.float32)) * scale
+    return (w.astype(jnp.float32) + delta.reshape(w.shape)).astype(w.dtype)
+
+  return jax.jit(merge, out_shardings=sharding)
+
+
 def _merge(kernel, a, b, alpha: float):
   """optim.lora.merge_lora for one kernel: W + (alpha / rank) * (a @ b), in float32, back in
   W's dtype. On the devices (in W's sharding) for jax arrays."""
   scale = alpha / a.shape[-1]
   if isinstance(kernel, jax.Array):
-    def merge(w, a, b):
-      delta = (a.astype(jnp.float32) @ b.astype(jnp.float32)) * scale
-      return (w.astype(jnp.float32) + delta.reshape(w.shape)).astype(w.dtype)
-
-    return jax.jit(merge, out_shardings=kernel.sharding)(kernel, a, b)
+    return _merge_fn(kernel.sharding, scale)(kernel, a, b)
   delta = (np.asarray(a, np.float32) @ np.asarray(b, np.float32)) * np.float32(scale)
   kernel = np.asarray(kernel)
   return (kernel.astype(np.float32) + delta.reshape(kernel.shape)).astype(kernel.dtype)
@@ -610,11 +617,14 @@ def run_origin(workdir: str, config: Mapping[str, Any]) -> RunOrigin:
     seen.add(init)
     origin.init_dirs.append(init)
     hf_path = os.path.join(init, HF_CONFIG_COPY)
-    if os.path.isfile(hf_path):
+    if os.path.isfile(hf_path):  # an imported workdir
       origin.hf_config, origin.hf_config_path = _read_json(hf_path), hf_path
       break
     run_config = os.path.join(init, CONFIG_FILE)
     cfg = _read_json(run_config) if os.path.isfile(run_config) else None
+    if isinstance(cfg, dict) and "model_type" in cfg:  # a HF directory itself
+      origin.hf_config, origin.hf_config_path = cfg, run_config
+      break
     here = init
   return origin
 
@@ -696,20 +706,23 @@ def _restore(where: str, step: int, mesh) -> Tree:
 
 
 def _check_base_unchanged(workdir: str, params: Tree, origin: RunOrigin, mesh) -> None:
-  """The run's params outside `lora` equal its init's (what the adapter applies to)."""
-  from ptft_jax.train import checkpoint, finetune, placement
+  """The run's params outside `lora` equal its init's (what the adapter applies to),
+  compared leaf by leaf on the devices."""
+  from ptft_jax.train import placement
 
   if not origin.init_dirs:
     raise UserError(f"--adapter-only: {workdir} has no config.init.pretrained_workdir (its base "
                     "weights exist only in this run); export the merged model instead")
   init = origin.init_dirs[0]
-  if not checkpoint.complete_steps(init):
-    raise CheckpointError(f"--adapter-only: the run's init workdir {init} has no checkpoint to "
-                          "check that the base weights are unchanged")
   base = {k: v for k, v in params.items() if k != LORA}
-  target = placement.layout(placement.import_mesh() if mesh is None else mesh)
-  loaded, _ = finetune.load_pretrained(init, sharding=target, like=base)
-  theirs = {"/".join(p): v for p, v in safetensors_io.flatten(loaded["params"])}
+  try:  # a run (LoRA merged), an imported workdir or a HF directory
+    _, theirs = placement.load_params(
+        init, mesh=placement.import_mesh() if mesh is None else mesh)
+  except UserError as e:
+    raise CheckpointError(f"--adapter-only: cannot read the run's base {init} to check that its "
+                          f"weights are unchanged: {safetensors_io.first_line(e)}") from None
+  theirs = {"/".join(p): v for p, v in safetensors_io.flatten(
+      model_layout.match_layout(theirs, base))}
   for path, value in safetensors_io.flatten(base):
     key = "/".join(path)
     other = theirs.get(key)
@@ -765,8 +778,7 @@ def export_decoder_run(workdir: str, config: Mapping[str, Any], out_dir: str, *,
     name = base_model or (origin.hf_config or {}).get("_name_or_path") or origin.init_dirs[0]
     written = export_hf_adapter(model_config, params, out_dir, model_type=model_type,
                                 lora_alpha=alpha, base_model=name, tied=tied, files=files)
-    return DecoderExport(model_type, written, True, False, sorted(os.listdir(out_dir)),
-                         tokenizer_dir)
+    return DecoderExport(model_type, written, True, False, _listing(out_dir), tokenizer_dir)
   gen = generation_config(origin, tokenizer_dir)
   if origin.hf_config is not None:
     written = export_hf_decoder(model_config, params, out_dir, tied=tied,
@@ -781,8 +793,11 @@ def export_decoder_run(workdir: str, config: Mapping[str, Any], out_dir: str, *,
     written = export_hf_decoder(model_config, params, out_dir, tied=tied, hf_config=hf,
                                 lora_alpha=alpha, dtype=dtype, max_shard_size=max_shard_size,
                                 generation_config=gen, files=files)
-  return DecoderExport(model_type, written, False, has_lora,
-                       sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else [],
-                       tokenizer_dir)
+  return DecoderExport(model_type, written, False, has_lora, _listing(out_dir), tokenizer_dir)
+
+
+def _listing(out_dir: str) -> list[str]:
+  """The files written (process 0; the others wrote nothing)."""
+  return sorted(os.listdir(out_dir)) if jax.process_index() == 0 else []
 
 
