@@ -364,11 +364,15 @@ class _Staging:
     if kind is not None:
       shutil.rmtree(self.path, ignore_errors=True)
       return
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(self.path, 0o777 & ~umask)  # mkdtemp made it private
-    check_out_dir(self.out_dir)  # still new (or empty): rename replaces an empty directory
-    os.rename(self.path, self.out_dir)
+    try:
+      umask = os.umask(0)
+      os.umask(umask)
+      os.chmod(self.path, 0o777 & ~umask)  # mkdtemp made it private
+      check_out_dir(self.out_dir)  # still new (or empty): rename replaces an empty directory
+      os.rename(self.path, self.out_dir)
+    except BaseException:
+      shutil.rmtree(self.path, ignore_errors=True)
+      raise
 
 
 def _copy_files(files: Mapping[str, str], directory: str | None) -> None:
@@ -489,14 +493,16 @@ def _peft_pair(adapter: _Adapter, leaves: Leaves, rank: int) -> tuple[np.ndarray
 
 def _peft_names(adapters: list[_Adapter], all_modules: list[str]) -> dict[str, str]:
   """{module: its name in target_modules / rank_pattern}. When every layer has the same
-  adapted kinds: the kind (`q_proj`; `attn.c_proj` where the last name alone would also
-  match another kind, as GPT-2's mlp.c_proj); otherwise the full module paths."""
+  adapted kinds (with the same parts of a packed module): the kind (`q_proj`; `attn.c_proj`
+  where the last name alone would also match another kind, as GPT-2's mlp.c_proj);
+  otherwise the full module paths."""
   layers = {prefix for prefix, _ in map(_kind, all_modules) if prefix}
-  kinds_by_layer: dict[str, set[str]] = {}
+  kinds_by_layer: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
   for a in adapters:
     prefix, kind = _kind(a.module)
     if prefix:
-      kinds_by_layer.setdefault(prefix, set()).add(kind)
+      parts = tuple(path.rsplit("/", 2)[-2] for path, _ in a.parts)  # query, value, ...
+      kinds_by_layer.setdefault(prefix, set()).add((kind, parts))
   uniform = not kinds_by_layer or (
       set(kinds_by_layer) == layers and len({frozenset(v) for v in kinds_by_layer.values()}) == 1)
   if not uniform:

@@ -476,3 +476,22 @@ def test_run_from_a_hf_directory_itself(imports, tmp_path):
   assert _export(workdir, tmp_path / "adapter", "--adapter-only") == 0
   with open(tmp_path / "adapter" / "adapter_config.json") as f:
     assert json.load(f)["base_model_name_or_path"] == _hf_dir("llama")
+
+
+def test_packed_adapters_that_differ_per_layer(imports, tmp_path):
+  """GPT-2 with a query adapter in layer 0 and query + value in layer 1: c_attn ranks differ
+  per layer, so target_modules and rank_pattern name full module paths."""
+  def partial(config, params):
+    for key in [k for k in params if k.startswith("lora/backbone/layer_0/attention/value")]:
+      del params[key]
+
+  workdir, _ = write_run(tmp_path / "run", "gpt2_lora", imports, edit=partial)
+  assert _export(workdir, tmp_path / "merged") == 0
+  assert _export(workdir, tmp_path / "adapter", "--adapter-only") == 0
+  with open(tmp_path / "adapter" / "adapter_config.json") as f:
+    adapter = json.load(f)
+  assert adapter["rank_pattern"] == {"transformer.h.1.attn.c_attn": 4}
+  assert "transformer.h.0.attn.c_attn" in adapter["target_modules"]
+  peft = _peft_merge(_tensors(_hf_dir("gpt2")), str(tmp_path / "adapter"), conv1d=True)
+  for name, value in _tensors(str(tmp_path / "merged")).items():
+    np.testing.assert_allclose(peft[name], value, rtol=0, atol=1e-6, err_msg=name)
