@@ -29,6 +29,12 @@ memory-mapped file (`convert.safetensors_io`), so no host holds the whole model.
   model_config, params = load_hf_decoder("Qwen2-0.5B/")
   task_config = hf_task_config("Qwen2-0.5B/")   # ConfigDict(name="causal_lm", tied=True)
   logits = ptft_jax.models.causal_lm_logits(model_config, params, input_ids)
+
+The way back (`convert.decoder_export` writes the files): `config_to_hf(model_config)` is
+the inverse of `config_from_hf` (`choose_model_type` picks the type a config is shaped like;
+a field no HF decoder expresses is one error line), `update_hf_config` changes an imported
+model's config.json only where a fine-tuned model config differs, and `export_layout` /
+`kernel_modules` invert the tensor mapping above (the same Entry list).
 """
 
 import dataclasses
