@@ -142,7 +142,8 @@ def get_config(arg: str = "tiny"):
     c.lora.alpha = 2.0 * args["lora"]
     c.lora.targets = LORA_TARGETS
     c.optim.strategy.name = "lora"  # the base backbone frozen, adapters train
-    c.optim.groups = [(r"heads/.*", {"frozen": True})]  # so does the pretrained LM head
+    if not tied:  # an untied pretrained LM head stays frozen too (tied: it is the embedding)
+      c.optim.groups = [(r"heads/.*", {"frozen": True})]
   if args["bf16"]:
     c.train.compute_dtype = "bfloat16"
   c.optim.accumulation_steps = args["accumulation"]
