@@ -1,6 +1,7 @@
 """Tasks: what a stage trains for -- inputs, loss, per-example eval outputs, summaries.
 
   image.py    Classification, DenoisingAutoencoder, Contrastive (vision and generic)
+  mae.py      MaskedAutoencoder: MAE pretraining of ViT backbones
   text.py     MaskedLM (+ next-sentence), CausalLM, TextClassification, TextRegression
   losses.py   per-example losses (cross-entropy, MSE, NT-Xent)
   metrics.py  host-side metrics over a whole split (accuracy, per-class P/R/F1, regression)
@@ -17,13 +18,13 @@ import flax.linen as nn
 import ml_collections
 
 from ptft_jax.errors import ConfigError
-from ptft_jax.tasks import image, text
+from ptft_jax.tasks import image, mae, text
 from ptft_jax.tasks.image import Classification, Contrastive, DenoisingAutoencoder
 
 # name -> builder(config.task, dataset info) -> (task, head module or {name: head})
-BUILDERS = {**image.BUILDERS, **text.BUILDERS}
+BUILDERS = {**image.BUILDERS, **mae.BUILDERS, **text.BUILDERS}
 # name -> the config.task keys its builder reads
-READS = {**image.READS, **text.READS}
+READS = {**image.READS, **mae.READS, **text.READS}
 # The task keys of ptft_jax.config.base_config() with their defaults (tasks may not import
 # config; tests/unit/test_config_checks.py keeps the two equal). Every config carries them,
 # so a task that does not read one only objects when it was set to something else.
@@ -86,5 +87,5 @@ def model_batch(task, batch: dict) -> dict:
 
 
 __all__ = ["BUILDERS", "READS", "TASK_DEFAULTS", "Classification", "Contrastive",
-           "DenoisingAutoencoder", "build_task", "check_task_keys", "image", "model_batch",
-           "text"]
+           "DenoisingAutoencoder", "build_task", "check_task_keys", "image", "mae",
+           "model_batch", "text"]

@@ -123,8 +123,9 @@ def test_declared_reads_are_what_the_builders_read():
            "sft": lambda: _text_info("sft"),
            "text_classification": lambda: _text_info("labeled"),
            "text_regression": lambda: _text_info("labeled", "float")}
+  given = {"mae": {"patch_size": 2}}  # a key without a default
   for name, builder in tasks.BUILDERS.items():
-    config = _Recorder()
+    config = _Recorder(given.get(name, {}))
     builder(config, infos[name]() if name in infos else dataset_info("digits"))
     assert sorted(set(config.asked)) == sorted(tasks.READS[name]), name
 
