@@ -3,7 +3,9 @@
 `bert_encode(config, params, input_ids, attention_mask, token_type_ids)` runs a
 BertEncoder's params as a plain function (e.g. weights from `load_hf_bert`);
 `causal_lm_logits(model_config, params, input_ids, attention_mask)` does the same for
-a decoder and its LM head (e.g. weights from `ptft_jax.convert.load_hf`).
+a decoder and its LM head (e.g. weights from `ptft_jax.convert.load_hf`);
+`image_features(model_config, variables, images)` runs an image backbone (ResNet, ViT) in
+eval mode (e.g. weights from `ptft_jax.convert.load_vision`).
 """
 
 import functools
@@ -23,6 +25,7 @@ from ptft_jax.models.mlp import MlpBackbone
 from ptft_jax.models.resnet import ResNet
 from ptft_jax.models.rnn import RnnBackbone
 from ptft_jax.models.transformer import BertEncoder, GptDecoder, TransformerConfig, bert_encode
+from ptft_jax.models.vit import ViT, resize_for_transfer
 
 BACKBONES = {"mlp": MlpBackbone, "cnn": CnnBackbone}
 
@@ -42,6 +45,7 @@ BACKBONES["bert"] = bert
 BACKBONES["gpt"] = gpt
 BACKBONES["resnet"] = ResNet
 BACKBONES["rnn"] = RnnBackbone
+BACKBONES["vit"] = ViT
 
 
 def build_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
@@ -111,8 +115,38 @@ def causal_lm_logits(
   return _causal_lm_logits(backbone, params, input_ids, jnp.asarray(attention_mask, jnp.int32))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _image_features(backbone, variables, images):
+  return backbone.apply(variables, {"image": images}, train=False)["features"]
+
+
+def image_features(
+    model_config: ml_collections.ConfigDict,
+    variables: Mapping[str, Any],
+    images: jax.Array,
+) -> jax.Array:
+  """Pooled features of an image backbone in eval mode: `[batch, features]` float32.
+
+  Args:
+    model_config: `config.model` of an image backbone (`name="resnet"` or `"vit"` + its
+      fields), e.g. from `ptft_jax.convert.load_vision`.
+    variables: `{"params": {"backbone": ...}, "batch_stats": {"backbone": ...}}` (ResNet's
+      BatchNorm running statistics; none for a ViT); heads are ignored.
+    images: `[batch, h, w, c]` float, already normalized as the weights expect (the
+      workdir's preprocessing.json). ResNet: the globally pooled last stage (2048-d for
+      ResNet-50); ViT: the pre-logits (class token or mean of the patches, normalized).
+  """
+  backbone = build_backbone(ml_collections.ConfigDict(dict(model_config)))
+  inner = {"params": variables["params"]["backbone"]}
+  stats = (variables.get("batch_stats") or {}).get("backbone")
+  if stats:
+    inner["batch_stats"] = stats
+  return _image_features(backbone, inner, jnp.asarray(images, jnp.float32))
+
+
 __all__ = [
     "BACKBONES", "ClassifierHead", "CnnBackbone", "DecoderHead", "MlpBackbone", "Model",
-    "ProjectionHead", "build_backbone", "build_model",
-    "ResNet", "RnnBackbone", "bert_encode", "causal_lm_logits", "lm_head_params", "lm_logits",
+    "ProjectionHead", "build_backbone", "build_model", "image_features",
+    "ResNet", "RnnBackbone", "ViT", "bert_encode", "causal_lm_logits", "lm_head_params",
+    "lm_logits", "resize_for_transfer",
 ]

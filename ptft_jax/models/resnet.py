@@ -11,6 +11,17 @@ Parameter layout (relative to `backbone/`), convolutions without bias:
   stage{s}_block{b}/conv{i}/kernel, stage{s}_block{b}/bn{i}/{scale,bias}
   stage{s}_block{b}/proj_conv/kernel, .../proj_bn/{scale,bias}   (shape-changing blocks)
 
+Padding (`config.model.padding`): "same" (default) is Flax's SAME, which pads a strided
+convolution or pool asymmetrically (more after than before: 2/3 for the 7x7/2 stem, 0/1 for
+the 3x3/2 convs and max-pool on even sizes); "symmetric" pads k // 2 on every side (3 for the
+stem, 1 for 3x3 convs and the max-pool), as torchvision and timm do, so their ImageNet
+weights compute the same function (`ptft_jax.convert.vision` imports them with it).
+Unstrided 3x3 and 1x1 convolutions pad the same either way.
+
+BatchNorm uses momentum 0.9 (running = 0.9 running + 0.1 batch: torch's momentum=0.1)
+and epsilon 1e-5 (torch's default); torch updates the running variance with the unbiased
+batch variance, Flax with the biased one (training only: eval is identical).
+
 Each `*bn*` module keeps `{mean, var}` in the `batch_stats` collection, which the
 train state holds in `model_state` and checkpoints save and transfer with the params.
 
@@ -35,6 +46,7 @@ import jax.numpy as jnp
 from ptft_jax.errors import ConfigError
 
 BATCH_NORM_MODES = ("train", "frozen", "auto")
+PADDINGS = ("same", "symmetric")
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # depth -> (block kind, blocks per stage)
 STAGES = {
@@ -63,6 +75,11 @@ class _Norm(nn.BatchNorm):
     return super().__call__(x, use_running_average=running)
 
 
+def _padding(mode: str, kernel: int):
+  """Flax padding of a k x k window: "SAME", or k // 2 on both sides of each spatial axis."""
+  return "SAME" if mode == "same" else ((kernel // 2, kernel // 2),) * 2
+
+
 class _Block(nn.Module):
   """A residual block: basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 with 4x expansion)."""
 
@@ -72,12 +89,13 @@ class _Block(nn.Module):
   mode: str
   frozen: Sequence[str]
   dtype: Any
+  padding: str = "same"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = lambda f, k, s, name: nn.Conv(
-        f, (k, k), (s, s), padding="SAME", use_bias=False, dtype=self.dtype,
-        kernel_init=_CONV_INIT, name=name)
+        f, (k, k), (s, s), padding=_padding(self.padding, k), use_bias=False,
+        dtype=self.dtype, kernel_init=_CONV_INIT, name=name)
     norm = lambda name, scale_init=nn.initializers.ones: _Norm(
         momentum=0.9, epsilon=1e-5, dtype=self.dtype, scale_init=scale_init,
         mode=self.mode, frozen=self.frozen, name=name)
@@ -109,6 +127,7 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage, overriding the depth's (e.g. (1, 1, 1, 1) for
       quick tests); the depth still picks the block kind.
     batch_norm: "train", "frozen" or "auto" (see the module docstring).
+    padding: "same" (Flax SAME) or "symmetric" (torchvision / timm; see the module docstring).
     frozen_norms: full paths of the BatchNorm modules that "auto" freezes; set by
       `with_frozen_norms` (through `Model.with_frozen_norms`), not by hand.
     dtype: compute dtype ("float32", "bfloat16"); parameters stay float32.
@@ -121,6 +140,7 @@ class ResNet(nn.Module):
   batch_norm: str = "auto"
   frozen_norms: Sequence[str] = ()
   dtype: str = "float32"
+  padding: str = "same"
 
   def __post_init__(self):
     if self.depth not in STAGES:
@@ -129,6 +149,8 @@ class ResNet(nn.Module):
     if self.batch_norm not in BATCH_NORM_MODES:
       raise ConfigError(
           f"config.model.batch_norm: {self.batch_norm!r} is not one of {BATCH_NORM_MODES}")
+    if self.padding not in PADDINGS:
+      raise ConfigError(f"config.model.padding: {self.padding!r} is not one of {PADDINGS}")
     super().__post_init__()
 
   @nn.nowrap
@@ -145,17 +167,18 @@ class ResNet(nn.Module):
     frozen = tuple(self.frozen_norms)
     x = jnp.asarray(batch["image"], dtype)
     k, s = (3, 1) if self.small_input else (7, 2)
-    x = nn.Conv(self.width, (k, k), (s, s), padding="SAME", use_bias=False, dtype=dtype,
-                kernel_init=_CONV_INIT, name="stem_conv")(x)
+    x = nn.Conv(self.width, (k, k), (s, s), padding=_padding(self.padding, k), use_bias=False,
+                dtype=dtype, kernel_init=_CONV_INIT, name="stem_conv")(x)
     x = _Norm(momentum=0.9, epsilon=1e-5, dtype=dtype, mode=self.batch_norm, frozen=frozen,
               name="stem_bn")(x, train)
     x = nn.relu(x)
     if not self.small_input:
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_padding(self.padding, 3))
     for stage, count in enumerate(blocks, start=1):
       for b in range(count):
         x = _Block(kind, self.width * 2 ** (stage - 1), 2 if stage > 1 and b == 0 else 1,
-                   self.batch_norm, frozen, dtype, name=f"stage{stage}_block{b}")(x, train)
+                   self.batch_norm, frozen, dtype, self.padding,
+                   name=f"stage{stage}_block{b}")(x, train)
     return {"features": jnp.mean(x, axis=(1, 2)).astype(jnp.float32)}
 
 

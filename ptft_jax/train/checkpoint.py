@@ -315,14 +315,19 @@ def transfer(
   """Copies leaves of `source` into `target` for paths matching `load` and not `skip`.
 
   Both are `{"params": ..., "model_state": ...}` trees. Returns (new target,
-  report) where report lists "loaded", "initialized" (in target, not loaded)
-  and "ignored" (in source, not used). Any loaded path whose shape differs is
-  collected, and all of them are raised together in one CheckpointError.
+  report) where report lists "loaded", "initialized" (in target, not loaded),
+  "ignored" (in source, not used) and "resized" (loaded after
+  `ptft_jax.models.resize_for_transfer` adapted their shape: a ViT's position
+  embeddings resampled to the model's image size). Any other loaded path whose
+  shape differs is collected, and all of them are raised together in one
+  CheckpointError.
   """
+  from ptft_jax.models import resize_for_transfer  # late: checkpoint loads without flax models
+
   want = lambda p: any(re.fullmatch(r, p) for r in load) and not any(
       re.fullmatch(r, p) for r in skip)
   src = flat_paths(source)
-  loaded, initialized, mismatched = [], [], []
+  loaded, initialized, mismatched, resized = [], [], [], []
   paths = tree_paths(target)
 
   def pick(path, leaf):
@@ -335,8 +340,13 @@ def transfer(
     if want(inner) and path in src:
       value = src[path]
       if tuple(value.shape) != tuple(leaf.shape):
-        mismatched.append(f"{path}: checkpoint {tuple(value.shape)} vs model {tuple(leaf.shape)}")
-        return leaf
+        adapted = resize_for_transfer(inner, value, tuple(leaf.shape))
+        if adapted is None:
+          mismatched.append(
+              f"{path}: checkpoint {tuple(value.shape)} vs model {tuple(leaf.shape)}")
+          return leaf
+        value = adapted
+        resized.append(f"{path}: {tuple(src[path].shape)} -> {tuple(leaf.shape)}")
       loaded.append(path)
       # A jax.Array source (loaded in its target sharding) moves device to device; only a
       # host (numpy) source is copied from the host.
@@ -353,7 +363,8 @@ def transfer(
     raise CheckpointError(
         f"{len(mismatched)} parameter shape mismatch(es) in transfer: " + "; ".join(mismatched))
   ignored = sorted(set(src) - set(loaded))
-  return new, {"loaded": sorted(loaded), "initialized": sorted(initialized), "ignored": ignored}
+  return new, {"loaded": sorted(loaded), "initialized": sorted(initialized), "ignored": ignored,
+               "resized": sorted(resized)}
 
 
 def format_report(report: dict[str, list[str]]) -> str:
@@ -377,6 +388,8 @@ def format_report(report: dict[str, list[str]]) -> str:
     labels = [label if n == 1 else f"{label}/**" + (f" ({n})" if len(items) > 1 else "")
               for label, n in items]
     lines.append(f"  {key} {len(report[key])}" + (": " + ", ".join(labels) if labels else ""))
+  if report.get("resized"):
+    lines.append(f"  resized {len(report['resized'])}: " + ", ".join(report["resized"]))
   partial = sorted(set(partial) | set(source_partial))
   if partial:
     lines.append("  partly loaded (path by path above): " + ", ".join(partial))
