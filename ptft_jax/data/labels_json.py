@@ -1,6 +1,7 @@
 """`<workdir>/labels.json`: what prediction needs to know about a run's data.
 
-Written when training starts (class names, input format, tokenizer), read by
+Written when training starts (class names, input format, tokenizer, an image run's
+preprocessing -- also as `<workdir>/preprocessing.json`), read by
 ptft_jax.inference to rebuild the task without reading any data. A run directory is
 self-contained: a text run's vocabulary is copied to `<workdir>/vocab.txt` and
 labels.json names it relative to the workdir, so the run can move, and the data dir
@@ -16,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from ptft_jax.data import preprocessing
 from ptft_jax.data.sources import read_user_text
 from ptft_jax.errors import DataError
 from ptft_jax.utils import write_json_atomic
@@ -41,9 +43,13 @@ def label_record(config: ml_collections.ConfigDict, info: Any) -> dict:
             "label_type": info.label_type, "label_names": list(info.label_names),
             "seq_len": info.seq_len, "vocab": _copy_name(info.vocab.path),
             "lowercase": bool(config.data.tokenizer.get("lowercase", True))}
-  return {"kind": "image", "dataset": info.name, "label_type": "class",
-          "label_names": [str(n) for n in getattr(info, "label_names", ())],
-          "image_shape": [int(d) for d in info.image_shape]}
+  record = {"kind": "image", "dataset": info.name, "label_type": "class",
+            "label_names": [str(n) for n in getattr(info, "label_names", ())],
+            "image_shape": [int(d) for d in info.image_shape]}
+  prep = getattr(info, "preprocessing", None)
+  if prep is not None:  # what evaluation and prediction apply (mean/std, resize/crop)
+    record["preprocessing"] = prep.record()
+  return record
 
 
 def write_labels_json(workdir: str, config: ml_collections.ConfigDict, info: Any) -> None:
@@ -64,6 +70,9 @@ def write_labels_json(workdir: str, config: ml_collections.ConfigDict, info: Any
     for side in names[1:]:
       if os.path.isfile(os.path.join(folder, side)):
         _copy_atomic(os.path.join(folder, side), os.path.join(workdir, side))
+  if getattr(info, "preprocessing", None) is not None:
+    # The run's own record: resuming and later stages use it without the pretrained workdir.
+    preprocessing.write_preprocessing(workdir, config, info.preprocessing)
   write_json_atomic(os.path.join(workdir, LABELS_FILE), label_record(config, info))
 
 
@@ -116,4 +125,5 @@ def info_from_record(record: dict, workdir: str = "") -> Any:
 
   names = list(record["label_names"])
   return DatasetInfo(name=record["dataset"], image_shape=tuple(record["image_shape"]),
-                     num_classes=len(names), label_names=names, splits={})
+                     num_classes=len(names), label_names=names, splits={},
+                     preprocessing=preprocessing.from_record(record.get("preprocessing")))

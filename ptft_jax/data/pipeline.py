@@ -29,7 +29,7 @@ from absl import flags
 from ptft_jax.data import embedded
 from ptft_jax.data.sources import default_data_dir, open_split
 from ptft_jax.data.subset import InMemory, Subset, stratified_subset
-from ptft_jax.data.transforms import ToExample, pad_batch, to_example
+from ptft_jax.data.transforms import SKIPPED, DropSkipped, ToExample, pad_batch, to_example
 from ptft_jax.errors import ConfigError, DataError
 
 
@@ -121,6 +121,26 @@ def train_iterator(
               else _labels(dataset, split, data_dir))
     source = Subset(source, stratified_subset(labels, label_fraction, label_fraction_seed,
                                               per_class=labels_per_class))
+  return source_iterator(source, seed=seed, batch_size=batch_size, worker_count=worker_count,
+                         shard_index=shard_index, shard_count=shard_count)
+
+
+def source_iterator(source, *, seed: int, batch_size: int, worker_count: int = 0,
+                    shard_index: int, shard_count: int) -> grain.DataLoaderIterator:
+  """`train_iterator`'s stream over any random-access `source` of feature dicts.
+
+  In-memory sources (without workers) take the gather path; anything else a Grain
+  DataLoader, whose `worker_count` processes read (decode) the records. Records that
+  carry `SKIPPED` (an image folder's unreadable files under bad_images="skip") are
+  filtered out before batching, so every batch is full.
+
+  Args:
+    source: `len()` and `source[i]` -> {"image", "label"} (or a `SKIPPED` record).
+    seed: shuffling seed.
+    batch_size: rows per batch of this process.
+    worker_count: Grain worker processes (0: read in this process).
+    shard_index, shard_count: this process's shard of the stream.
+  """
   if worker_count == 0 and _in_memory(source):
     return _in_memory_iterator(source, seed, batch_size, shard_index, shard_count)
   if worker_count > 0 and not flags.FLAGS.is_parsed():
@@ -129,7 +149,8 @@ def train_iterator(
       data_source=source,
       sampler=grain.samplers.IndexSampler(
           num_records=len(source), shuffle=True, seed=seed, num_epochs=None),
-      operations=[ToExample(), grain.transforms.Batch(batch_size, drop_remainder=True)],
+      operations=[DropSkipped(), ToExample(),
+                  grain.transforms.Batch(batch_size, drop_remainder=True)],
       worker_count=worker_count,
       shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
   )
@@ -192,20 +213,33 @@ def eval_batches(
   """
   shard_index, shard_count = _shard(shard_index, shard_count)
   batch_size = _per_process_batch(global_batch_size, shard_count)
-  source = _open(dataset, split, data_dir)
+  return source_eval_batches(_open(dataset, split, data_dir), batch_size=batch_size,
+                             shard_index=shard_index, shard_count=shard_count)
+
+
+def source_eval_batches(source, *, batch_size: int, shard_index: int, shard_count: int,
+                        template: dict[str, np.ndarray] | None = None,
+                        ) -> Iterator[dict[str, np.ndarray]]:
+  """`eval_batches`' ordered, padded pass over any random-access `source`.
+
+  `SKIPPED` records (unreadable files skipped by an image folder) become padding
+  rows (valid=False). `template`: an example of the right shapes (default: source[0]).
+  """
   rows = np.array_split(np.arange(len(source)), shard_count)[shard_index]
   largest_shard = math.ceil(len(source) / shard_count)
   num_batches = math.ceil(largest_shard / batch_size)  # The same on every process.
-  template = to_example(source[0])
+  template = template if template is not None else to_example(source[0])
 
   def read(k: int) -> dict[str, np.ndarray]:
     chunk = rows[k * batch_size:(k + 1) * batch_size]
-    if isinstance(source, InMemory):  # one gather instead of a Python loop
+    if _in_memory(source):  # one gather instead of a Python loop
       batch = source.gather(np.pad(chunk, (0, batch_size - len(chunk))))
       valid = np.arange(batch_size) < len(chunk)
       return {k: np.where(valid.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0) for k, v in
               batch.items()} | {"valid": valid}
-    return pad_batch([to_example(source[int(i)]) for i in chunk], batch_size, template)
+    records = (source[int(i)] for i in chunk)
+    return pad_batch([to_example(r) for r in records if SKIPPED not in r], batch_size,
+                     template)
 
   batches = grain.MapDataset.range(num_batches).map(read)
   return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)))

@@ -32,6 +32,8 @@ class DatasetInfo:
     num_classes: number of labels.
     label_names: one name per label id.
     splits: split name -> number of examples.
+    preprocessing: a `data.preprocessing.Preprocessing` (mean/std the task normalizes with,
+      an image folder's resize / crop), or None (pixels in [0, 1] as stored).
   """
 
   name: str
@@ -39,6 +41,7 @@ class DatasetInfo:
   num_classes: int
   label_names: list[str]
   splits: dict[str, int]
+  preprocessing: Any = None
 
 
 def default_data_dir() -> str:

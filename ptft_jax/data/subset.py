@@ -77,6 +77,14 @@ class InMemory:
     self._columns = {k: np.stack([np.asarray(r[k]) for r in records]) for k in ("image", "label")}
     self._name = name
 
+  @classmethod
+  def from_arrays(cls, images: np.ndarray, labels: np.ndarray, name: str) -> "InMemory":
+    """An in-memory source of images [n, h, w, c] (uint8) and labels [n] read elsewhere."""
+    out = cls.__new__(cls)
+    out._columns = {"image": images, "label": np.asarray(labels)}
+    out._name = name
+    return out
+
   def __len__(self) -> int:
     return len(self._columns["label"])
 

@@ -20,6 +20,17 @@ def to_example(features: Mapping[str, Any]) -> dict[str, np.ndarray]:
   }
 
 
+# A record an image source could not read and skips (config.data.bad_images="skip").
+SKIPPED = "skipped"
+
+
+class DropSkipped(grain.transforms.Filter):
+  """Drops `SKIPPED` records before batching, so batches stay full (a picklable class)."""
+
+  def filter(self, element) -> bool:
+    return SKIPPED not in element
+
+
 class ToExample(grain.transforms.Map):
   """Grain transform applying `to_example` (a class so worker processes can pickle it)."""
 

@@ -28,7 +28,8 @@ def evaluate_checkpoint(workdir: str, split: str = "test",
   config = inference.read_config(workdir)
   mesh = sharding.make_mesh(config.get("mesh"))
   sharding.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
-  bundle = data.make_data(config.data, seed=config.seed)
+  bundle = data.make_data(config.data, seed=config.seed,  # the run's recorded preprocessing
+                          preprocessing=data.resolve_preprocessing(config, workdir))
   # Params straight into the run's own shardings (config.mesh, config.sharding), as it trained.
   run = inference.load_run(workdir, checkpoint, sharding_=placement.layout(mesh, config=config),
                            info=bundle.info)

@@ -5,7 +5,9 @@ r"""Command line: predict with a fine-tuned run.
 
 Inputs, by what `--input` names:
   a folder   PNG / JPEG images (sorted by file name); decoded with PIL, made
-             grayscale or RGB and resized to the run's [h, w, c], scaled to [0, 1]
+             grayscale or RGB and resized to the run's [h, w, c], scaled to [0, 1];
+             a run trained on an image folder decodes them as its evaluation did
+             (shorter side resized, centre crop: labels.json "preprocessing")
   *.npy      an image array [n, h, w, c] (or [n, h, w] for one channel)
   any file   JSONL: one {"text": ..., "text_b": ... (optional), "id": ... (optional)}
              object per line (text runs)
@@ -56,11 +58,25 @@ def read_jsonl(path: str) -> tuple[list[dict], list[str]]:
   return rows, problems
 
 
-def load_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
-  """One image file -> float32 [h, w, c] in [0, 1] (grayscale for c=1, resized if needed)."""
+def load_image(path: str, shape: tuple[int, int, int], preprocessing=None) -> np.ndarray:
+  """One image file -> float32 [h, w, c] in [0, 1] (grayscale for c=1, resized if needed).
+
+  `preprocessing` with a crop (runs on image folders): RGB, shorter side to its resize,
+  centre crop, exactly as the run's evaluation decoded its images. The mean/std are
+  applied later, on the device, by the predictor.
+  """
   from PIL import Image
 
   h, w, c = shape
+  if preprocessing is not None and preprocessing.crop and c == 3:
+    from ptft_jax.data.image_folder import decode_image
+
+    pixels = decode_image(path, preprocessing.resize or preprocessing.crop, preprocessing.crop,
+                          preprocessing.interpolation)
+    if pixels.shape[:2] != (h, w):
+      image = Image.fromarray(pixels).resize((w, h), Image.Resampling.BILINEAR)
+      pixels = np.asarray(image, np.uint8)
+    return pixels.astype(np.float32) / np.float32(255)
   with Image.open(path) as image:
     image = image.convert("L" if c == 1 else "RGB")
     if image.size != (w, h):
@@ -69,7 +85,8 @@ def load_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
   return (pixels.reshape(h, w, c).astype(np.float32) / np.float32(255)).astype(np.float32)
 
 
-def read_images(folder: str, shape) -> tuple[list[str], np.ndarray, list[str]]:
+def read_images(folder: str, shape, preprocessing=None) -> tuple[list[str], np.ndarray,
+                                                                    list[str]]:
   """Images of `folder` -> (file names, float32 [n, h, w, c], problems as "file: why")."""
   names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
   if not names:
@@ -77,7 +94,7 @@ def read_images(folder: str, shape) -> tuple[list[str], np.ndarray, list[str]]:
   ids, images, problems = [], [], []
   for name in names:
     try:
-      images.append(load_image(os.path.join(folder, name), shape))
+      images.append(load_image(os.path.join(folder, name), shape, preprocessing))
       ids.append(name)
     except Exception as e:  # noqa: BLE001 -- PIL raises many kinds for a bad file
       problems.append(f"{os.path.join(folder, name)}: cannot read the image "
@@ -130,7 +147,8 @@ def predict_file(predictor, input_path: str, *, strict: bool = False,
   else:
     shape = tuple(predictor.run.info.image_shape)
     if os.path.isdir(input_path):
-      names, inputs, problems = read_images(input_path, shape)
+      names, inputs, problems = read_images(
+          input_path, shape, getattr(predictor.run.info, "preprocessing", None))
       keys = [{"id": n} for n in names]
     elif input_path.endswith(".npy"):
       inputs, problems = read_array(input_path, shape), []

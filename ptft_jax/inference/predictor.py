@@ -9,6 +9,12 @@ the weights. Nothing here trains or writes into the workdir.
   out = predictor.predict(images)          # float32 [n, h, w, c] in [0, 1]
   out.labels, out.probabilities            # ["3", ...], float32 [n, num_classes]
 
+Image runs normalize inside the compiled forward exactly as their evaluation did (the
+task's `inputs(..., train=False)`: the mean/std of labels.json's "preprocessing", which
+came from the pretrained workdir). The predict CLI decodes image files with the run's
+resize / centre crop (image-folder runs, `data.image_folder.decode_image`), or resizes
+them to its image shape.
+
 Text runs take strings (or (text, text_b) pairs / {"text", "text_b"} dicts),
 tokenized and truncated exactly as the run's evaluation did (the same
 `examples.tokenize_labeled`, the run's `seq_len`, lowercasing and vocabulary), so
@@ -96,7 +102,8 @@ def load_run(workdir: str, which: str | int = "latest", *, sharding_=None,
     if record is None:
       from ptft_jax import data
 
-      info = data.make_data(config.data, seed=config.seed).info
+      info = data.make_data(config.data, seed=config.seed,
+                            preprocessing=data.resolve_preprocessing(config, workdir)).info
     else:
       info = labels_json.info_from_record(record, workdir)
   task, heads = tasks.build_task(config, info, check_keys=False)  # rebuilt as it trained
@@ -199,6 +206,8 @@ class Predictor:
 
   def _apply(self, variables: dict, batch: dict) -> jax.Array:
     self.traces += 1  # runs only while tracing: counts compilations
+    if not self.text:  # what evaluation feeds the model: e.g. the mean/std normalization
+      batch = self.run.task.inputs(batch, jax.random.PRNGKey(0), False)
     variables = precision.cast_floating(variables, self._dtype)
     out = self.run.model.apply(variables, precision.cast_floating(batch, self._dtype),
                                train=False, heads=(self.run.task.head_name,))

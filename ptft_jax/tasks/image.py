@@ -31,6 +31,23 @@ from ptft_jax.tasks import augment, losses, metrics
 Batch = dict[str, jax.Array]
 
 
+def normalize_images(images: jax.Array, normalize: tuple) -> jax.Array:
+  """(images - mean) / std per channel: images [..., c] in [0, 1], `normalize` = (mean, std)
+  of c floats each (the pretrained weights' preprocessing), or () for no change."""
+  if not normalize:
+    return images
+  mean, std = (jnp.asarray(v, images.dtype) for v in normalize)
+  return (images - mean) / std
+
+
+def _normalization(info: Any) -> tuple:
+  """(mean, std) of the dataset info's preprocessing (data/preprocessing.py), or ()."""
+  prep = getattr(info, "preprocessing", None)
+  if prep is None or not prep.normalizes:
+    return ()
+  return (tuple(prep.mean), tuple(prep.std))
+
+
 @dataclasses.dataclass(frozen=True)
 class Classification:
   """Fine-tuning: softmax cross-entropy on `batch["label"]` with optional label smoothing.
@@ -39,6 +56,10 @@ class Classification:
   x[perm] with lam ~ Beta(alpha, alpha) and a random permutation, and the
   target the same mix of the two (smoothed) one-hot labels; `inputs` carries
   `mix_lambda` and `mix_index` to the loss. Accuracy is against the unmixed labels.
+
+  `normalize` = (mean, std) (the pretrained weights' preprocessing, from the dataset
+  info): images [0, 1] are augmented, then normalized, in training, evaluation and
+  prediction alike (`inputs(..., train=False)` is what the model sees at evaluation).
   """
 
   num_classes: int
@@ -48,6 +69,7 @@ class Classification:
   kind: str = "classification"
   uses_labels: bool = True
   mixup_alpha: float = 0.0
+  normalize: tuple = ()
 
   def inputs(self, batch: Batch, rng: jax.Array, train: bool) -> Batch:
     mix = train and self.mixup_alpha > 0 and "image" in batch
@@ -62,6 +84,8 @@ class Classification:
       image = batch["image"]
       mixed = (lam * image + (1.0 - lam) * image[perm]).astype(image.dtype)
       batch = {**batch, "image": mixed, "mix_lambda": lam, "mix_index": perm}
+    if self.normalize and "image" in batch:
+      batch = {**batch, "image": normalize_images(batch["image"], self.normalize)}
     return batch
 
   def loss(self, outputs, inputs, batch):
@@ -125,7 +149,8 @@ class Contrastive:
   """Pretraining: SimCLR. Two augmented views per image, NT-Xent on the projections.
 
   Both views go through the model in one call ([2 * batch, ...]) so batch
-  statistics (BatchNorm) see the same mixed batch as in SimCLR.
+  statistics (BatchNorm) see the same mixed batch as in SimCLR. `normalize` as in
+  `Classification` (after augmentation).
   """
 
   temperature: float = 0.1
@@ -134,13 +159,14 @@ class Contrastive:
   head_name: str = "projection"
   kind: str = "contrastive"
   uses_labels: bool = False
+  normalize: tuple = ()
 
   def inputs(self, batch: Batch, rng: jax.Array, train: bool) -> Batch:
     k1, k2 = jax.random.split(rng)
     images = batch["image"]
     view1 = augment.augment_images(k1, images, **self.augment)
     view2 = augment.augment_images(k2, images, **self.augment)
-    return {"image": jnp.concatenate([view1, view2], axis=0)}
+    return {"image": normalize_images(jnp.concatenate([view1, view2], axis=0), self.normalize)}
 
   def _per_example(self, outputs):
     z1, z2 = jnp.split(outputs[self.head_name], 2, axis=0)
@@ -165,7 +191,8 @@ class Contrastive:
 def _classification(tc, info):
   task = Classification(
       num_classes=info.num_classes, label_smoothing=tc.get("label_smoothing", 0.0),
-      augment=dict(tc.get("augment", {})), mixup_alpha=float(tc.get("mixup_alpha", 0.0)))
+      augment=dict(tc.get("augment", {})), mixup_alpha=float(tc.get("mixup_alpha", 0.0)),
+      normalize=_normalization(info))
   if task.mixup_alpha < 0:
     raise ConfigError(f"config.task.mixup_alpha={task.mixup_alpha}: use 0 (off) or > 0")
   head = heads_lib.ClassifierHead(
@@ -184,7 +211,7 @@ def _autoencoder(tc, info):
 def _contrastive(tc, info):
   task = Contrastive(
       temperature=tc.get("temperature", 0.1),
-      augment=dict(tc.get("augment", Contrastive().augment)))
+      augment=dict(tc.get("augment", Contrastive().augment)), normalize=_normalization(info))
   head = heads_lib.ProjectionHead(
       hidden_size=tc.get("projection_hidden", 128), out_dim=tc.get("projection_dim", 64))
   return task, head

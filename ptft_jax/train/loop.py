@@ -62,7 +62,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   sharding.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
 
   # --- data --------------------------------------------------------------------------------
-  bundle = data.make_data(config.data, seed=config.seed)
+  # Image runs: the mean/std (and an image folder's resize/crop) the pretrained weights
+  # expect (config.data.preprocessing over <init>/preprocessing.json), recorded in the workdir.
+  bundle = data.make_data(config.data, seed=config.seed,
+                          preprocessing=data.resolve_preprocessing(config, workdir))
   write_labels_json(workdir, config, bundle.info)  # predictions speak in class names
 
   # --- model, task, optimizer ---------------------------------------------------------------
