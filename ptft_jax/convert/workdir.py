@@ -13,6 +13,11 @@ it in `config.init.pretrained_workdir` exactly like a pretraining run.
                       decoder imports: copies of the HF files present (config.json is
                       renamed: a workdir's config.json means a ptft_jax run)
   vocab.txt           BERT imports
+  preprocessing.json  vision imports (`import_vision`): what the weights expect of an image,
+                      {"mean": [3], "std": [3], "resize": int, "crop": int,
+                       "interpolation": "bilinear" | "bicubic"} (mean/std on [0, 1] pixels;
+                      resize the shorter side, then the centre crop x crop); train, eval and
+                      predict read it (ptft_jax.data.preprocessing)
 """
 
 import dataclasses
@@ -137,3 +142,22 @@ def import_hf(src: str | os.PathLike, workdir: str | os.PathLike, *, mesh=None,
     return kind, config, heads
   config, task = import_hf_decoder(src, workdir, mesh=mesh, rules=rules)
   return kind, config, [] if task.tied else ["lm"]
+
+
+def import_vision(src: str | os.PathLike, workdir: str | os.PathLike, arch: str | None = None, *,
+                  mesh=None, rules=None, **overrides):
+  """A torchvision / timm / Hugging Face image model -> pretrained workdir.
+
+  Writes the params (backbone + the classifier as `heads/classifier` when the file has one)
+  and BatchNorm statistics (`model_state/batch_stats`, which transfer loads with the
+  backbone) as one checkpoint, `model_config.json` (`config.model`: `name="resnet"` or
+  `"vit"` + fields) and `preprocessing.json`. Each tensor is read slice by slice into its
+  sharding on `mesh` (default: all devices on the fsdp axis) by `rules`, as
+  `import_hf_bert`. `arch` and `overrides` (e.g. `image_size=384`) as
+  `convert.vision.load_vision`. Returns the `convert.vision.Loaded` record (layout,
+  library, model_config, variables, heads, preprocessing). The writer lives in
+  `convert.vision` (its CLI `run` uses it; vision imports no workdir: no cycle).
+  """
+  from ptft_jax.convert import vision
+
+  return vision.import_vision(src, workdir, arch, mesh=mesh, rules=rules, **overrides)

@@ -123,6 +123,8 @@ class ResNet(nn.Module):
   Attributes:
     depth: 18, 34 (basic blocks) or 50, 101, 152 (bottleneck blocks).
     width: channels of the first stage (64 in the paper); stages double it.
+    stem_width: channels of the stem convolution; 0 (default) = `width`. (timm's plain
+      stem always has 64, whatever its stage widths.)
     small_input: 3x3/1 stem without max-pool (CIFAR-size and smaller images).
     stage_sizes: blocks per stage, overriding the depth's (e.g. (1, 1, 1, 1) for
       quick tests); the depth still picks the block kind.
@@ -135,6 +137,7 @@ class ResNet(nn.Module):
 
   depth: int = 50
   width: int = 64
+  stem_width: int = 0
   small_input: bool = False
   stage_sizes: Sequence[int] = ()
   batch_norm: str = "auto"
@@ -167,8 +170,8 @@ class ResNet(nn.Module):
     frozen = tuple(self.frozen_norms)
     x = jnp.asarray(batch["image"], dtype)
     k, s = (3, 1) if self.small_input else (7, 2)
-    x = nn.Conv(self.width, (k, k), (s, s), padding=_padding(self.padding, k), use_bias=False,
-                dtype=dtype, kernel_init=_CONV_INIT, name="stem_conv")(x)
+    x = nn.Conv(self.stem_width or self.width, (k, k), (s, s), padding=_padding(self.padding, k),
+                use_bias=False, dtype=dtype, kernel_init=_CONV_INIT, name="stem_conv")(x)
     x = _Norm(momentum=0.9, epsilon=1e-5, dtype=dtype, mode=self.batch_norm, frozen=frozen,
               name="stem_bn")(x, train)
     x = nn.relu(x)
