@@ -24,6 +24,12 @@
       BertForSequenceClassification directory that transformers'
       AutoModelForSequenceClassification.from_pretrained(DIR) loads.
 
+  python -m ptft_jax.convert vision --src PATH --workdir OUT [--arch NAME] [--image-size N]
+      torchvision / timm ResNet, timm / HF ViT weights (safetensors) -> a pretrained
+      workdir with params, BatchNorm statistics, model_config.json and the preprocessing
+      the weights expect (preprocessing.json: mean / std, resize, crop); the layout is
+      recognized from the tensor names unless --arch names it.
+
 User mistakes print one line (`error: ...`) and exit with status 2; --debug shows tracebacks.
 """
 
@@ -80,6 +86,12 @@ def _export_hf(args: argparse.Namespace) -> None:
         f"{list(hf['label2id'])}) -> {args.out} ({hf['architectures'][0]})")
 
 
+def _vision(args: argparse.Namespace) -> None:
+  from ptft_jax.convert import vision  # Lazy: keeps `--help` fast.
+
+  vision.run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m ptft_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,9 +120,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="--adapter-only: base_model_name_or_path (default: the imported "
                    "model's _name_or_path, else the run's init workdir)")
   out.add_argument("--debug", action="store_true", help="show tracebacks")
+  vision = commands.add_parser(
+      "vision", help="torchvision / timm ResNet, timm / HF ViT safetensors -> pretrained workdir")
+  vision.add_argument("--src", required=True,
+                      help="directory with model.safetensors (+ config.json) or a .safetensors")
+  vision.add_argument("--workdir", required=True, help="output workdir")
+  vision.add_argument("--arch", default=None, help="resnet | vit | hf_vit | resnet50 | "
+                      "vit_base_patch16_224 ... (default: from the tensor names)")
+  vision.add_argument("--image-size", type=int, default=None,
+                      help="ViT: fine-tuning resolution (position embeddings resampled)")
+  vision.add_argument("--debug", action="store_true", help="show tracebacks")
   args = parser.parse_args(argv)
   try:
-    {"hf": _hf, "hf-bert": _hf_bert, "export-hf": _export_hf}[args.command](args)
+    {"hf": _hf, "hf-bert": _hf_bert, "export-hf": _export_hf,
+     "vision": _vision}[args.command](args)
   except (UserError, NotImplementedError) as e:
     if args.debug:
       raise
