@@ -12,7 +12,7 @@ import pytest
 from ptft_jax import models
 from ptft_jax.errors import ConfigError, UserError
 from ptft_jax.models.vit import ViT, resample_pos_embedding, resize_for_transfer
-from ptft_jax.optim import strategies
+from ptft_jax.optim import lora, strategies
 from ptft_jax.train import checkpoint
 
 TINY = dict(image_size=16, patch_size=4, hidden_size=16, num_layers=1, num_heads=2,
@@ -24,8 +24,12 @@ def _apply(model, variables, batch):
 
 
 def _init(model, size=16, seed=0):
-  return jax.jit(lambda: model.init(jax.random.key(seed), {"image": _images(size=size)},
-                                    train=False))()
+  """Random N(0, 0.2) variables of the model's shapes (numpy: init's RNG compiles slowly)."""
+  rng = np.random.RandomState(seed)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(seed), {"image": _images(size=size)},
+                                             train=False))
+  return jax.tree_util.tree_map(
+      lambda x: jnp.asarray(rng.randn(*x.shape).astype(np.float32) * 0.2), shapes)
 
 
 def _images(n=2, size=16, seed=0):
@@ -175,3 +179,8 @@ def test_presets_address_vit_layers(tiny):
       {"name": "freeze_layers", "freeze_layers": 1}))
   assert frozen == [(r"(?:lora/)?backbone/(?:embeddings|layer_0)/.*",
                      {"name": "first_1", "frozen": True})]
+  adapted = lora.add_adapters(params, jax.random.key(0), rank=2,
+                              targets=r"backbone/layer_\d+/attention/(query|value)/kernel")
+  assert sorted(adapted["lora"]["backbone"]["layer_1"]["attention"]) == ["query", "value"]
+  assert adapted["lora"]["backbone"]["layer_0"]["attention"]["query"]["kernel"]["a"].shape == (
+      16, 2)
