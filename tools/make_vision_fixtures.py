@@ -51,8 +51,7 @@ takes them, torch got them permuted to NCHW):
 
 --full DIR writes the same layouts at the published sizes (torchvision resnet50, timm
 resnet50, timm vit_base_patch16_224; random init, 224x224 inputs) into DIR, for a one-off
-parity check: `.venv/bin/python -m ptft_jax.convert vision`-style loading is checked by
-tests/e2e/test_vision_import.py::test_full_size_parity when PTFT_VISION_FULL=DIR is set.
+parity check: `.venv/bin/python tools/check_vision_full.py DIR`.
 """
 
 import argparse

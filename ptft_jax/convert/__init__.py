@@ -14,6 +14,8 @@
   export_hf_decoder / export_hf_adapter / config_to_hf: decoder params -> a HF directory /
     PEFT adapter, a gpt model config -> HF config.json (`ptft_jax.convert.decoder_export`,
     `ptft_jax.convert.hf_decoder`).
+  load_vision / read_vision / import_vision: torchvision / timm ResNets, timm / HF ViTs
+    (`ptft_jax.convert.vision`; CLI `python -m ptft_jax.convert vision`).
   minilm_dir: a real BERT (all-MiniLM-L6-v2) for tests (`ptft_jax.convert.minilm`).
   CLI: `python -m ptft_jax.convert hf --src DIR --workdir OUT` (any supported model),
        `python -m ptft_jax.convert hf-bert --src DIR --workdir OUT`,
@@ -36,11 +38,14 @@ _EXPORTS = {
   "import_hf": "workdir",
   "import_hf_bert": "workdir",
   "import_hf_decoder": "workdir",
+  "import_vision": "workdir",
   "load_hf": "hf",
   "load_hf_bert": "hf_bert",
   "load_hf_bert_heads": "hf_bert",
   "load_hf_decoder": "hf_decoder",
+  "load_vision": "vision",
   "minilm_dir": "minilm",
+  "read_vision": "vision",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -747,25 +747,10 @@ def import_vision(src: str | os.PathLike, workdir: str | os.PathLike, arch: str 
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-  """Adds `vision` to `python -m ptft_jax.convert`'s subcommands; `run(args)` executes it."""
-  p = subparsers.add_parser(
-      "vision", help="torchvision / timm ResNet, timm / HF ViT safetensors -> pretrained workdir")
-  p.add_argument("--src", required=True,
-                 help="directory with model.safetensors (+ config.json) or a .safetensors file")
-  p.add_argument("--workdir", required=True, help="output workdir")
-  p.add_argument("--arch", default=None,
-                 help="resnet | vit | hf_vit | resnet50 | vit_base_patch16_224 ... "
-                 "(default: from the tensor names)")
-  p.add_argument("--image-size", type=int, default=None,
-                 help="ViT: fine-tuning resolution (position embeddings resampled)")
-  p.add_argument("--debug", action="store_true", help="show tracebacks")
-  return p
-
-
 def run(args: argparse.Namespace) -> None:
-  """`python -m ptft_jax.convert vision`: imports `args.src` into `args.workdir`; prints one
-  line. UserErrors propagate (the CLI prints them as one line, exit 2)."""
+  """`python -m ptft_jax.convert vision` (parser in convert/__main__.py): imports `args.src`
+  into `args.workdir`; prints one line. UserErrors propagate (the CLI prints them as one
+  line, exit 2)."""
   overrides = {"image_size": args.image_size} if getattr(args, "image_size", None) else {}
   done = import_vision(args.src, args.workdir, args.arch, **overrides)
   c = done.model_config
