@@ -362,6 +362,7 @@ def list_split(root: str, split: str, *, bad_images: str = "stop",
     listed = [(p, c, p) for p, c in _list_class_folders(path, problems, classes)[0]]
   else:
     listed = _list_index(path, root, problems)
+  problems.raise_if_stopping()  # a stray file stops the run before the headers are read
   names = sort_class_names(c for _, c, _ in listed) if classes is None else list(classes)
   if classes is not None and kind == "index":
     for _, c, w in listed:

@@ -473,3 +473,39 @@ def test_tfds_data_gets_the_normalization_only(tmp_path):
   assert info.image_shape == (8, 8, 1)
   assert info.preprocessing.record() == {"mean": [0.5], "std": [0.25],
                                          "interpolation": "bilinear"}
+
+
+# --- configs/resnet.py:imagenet_frozen ---------------------------------------------------------
+
+
+def test_imagenet_frozen_config(tmp_path):
+  from tests.helpers import load_config
+
+  root = _folder(tmp_path / "flowers", splits=("train", "val"))
+  init = tmp_path / "r50"
+  os.makedirs(init)
+  with open(init / "model_config.json", "w") as f:
+    json.dump({"name": "resnet", "depth": 50, "width": 64, "padding": "symmetric"}, f)
+  c = load_config("resnet", f"imagenet_frozen,init={init},data={root}")
+  assert "stages" not in c and c.data.source == "folder" and c.data.root == root
+  assert c.model.padding == "symmetric" and c.model.batch_norm == "auto"
+  assert c.task.head_hidden_sizes == (1024,) and c.optim.groups == [(r"backbone/.*",
+                                                                      {"frozen": True})]
+  assert c.init.pretrained_workdir == str(init) and c.eval_splits == ("validation",)
+  staged = load_config("resnet", f"imagenet_frozen,init={init},data={root},unfreeze_top=2")
+  assert staged.stage_order == ("frozen", "top")
+  top = staged.stages.top
+  assert top.init.pretrained_workdir == "@frozen" and top.init.skip == []
+  assert [g[0] for g in top.optim.groups] == [
+      r"backbone/stage(3|4)_block\d+/(bn\d+|proj_bn)/.*", r"backbone/stage(3|4)_.*",
+      r"backbone/.*"]
+  assert top.optim.lr == pytest.approx(1e-4) and top.optim.groups[1][1] == {"lr_mult": 0.1}
+  with pytest.raises(ValueError, match="needs init=<pretrained workdir>"):
+    load_config("resnet", f"imagenet_frozen,data={root}")
+  with pytest.raises(ValueError, match="unfreeze_top=5: choose 1..4"):
+    load_config("resnet", f"imagenet_frozen,init={init},data={root},unfreeze_top=5")
+  with open(init / "model_config.json", "w") as f:
+    json.dump({"name": "vit"}, f)
+  with pytest.raises(ValueError, match="model_config.json is not a ResNet's"):
+    load_config("resnet", f"imagenet_frozen,init={init},data={root}")
+  assert load_config("resnet", f"linear,tiny,data={root}").data.source == "folder"
