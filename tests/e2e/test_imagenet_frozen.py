@@ -217,3 +217,36 @@ def test_a_corrupt_image_read_by_a_grain_worker_is_one_line(setup, tmp_path, mon
       next(bundle.train_iterator)
   assert str(e.value).startswith(f"{bad}: cannot decode the image (")
   assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["empty_class", "corrupt_image", "stray_file",
+                                  "bad_preprocessing", "no_train"])
+def test_bad_folder_through_the_cli_is_one_line_and_status_2(setup, tmp_path, capsys, case):
+  from tests.e2e.test_bad_input import run_main
+
+  root, init = str(tmp_path / "digits"), str(tmp_path / "init")
+  shutil.copytree(setup[0], root, ignore=shutil.ignore_patterns("test"))
+  shutil.copytree(setup[1], init)
+  first = os.path.join(root, "train", "4", sorted(os.listdir(os.path.join(root, "train", "4")))[0])
+  named = {"empty_class": os.path.join(root, "train", "x"), "corrupt_image": first,
+           "stray_file": os.path.join(root, "train", "4", "notes.txt"),
+           "bad_preprocessing": os.path.join(init, "preprocessing.json"),
+           "no_train": f"{root}: no train/ folder"}[case]
+  if case == "empty_class":
+    os.makedirs(named)
+  elif case == "corrupt_image":
+    with open(first, "r+b") as f:
+      f.truncate(100)
+  elif case == "stray_file":
+    with open(named, "w") as f:
+      f.write("n/a")
+  elif case == "bad_preprocessing":
+    with open(named, "w") as f:
+      json.dump({**PREP, "std": [0.2, 0.2]}, f)
+  else:
+    shutil.move(os.path.join(root, "train"), os.path.join(root, "training"))
+  status = run_main([f"--config=configs/resnet.py:imagenet_frozen,tiny,init={init},data={root}",
+                     f"--workdir={tmp_path / 'run'}"])
+  err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+  assert status == 2 and len(err) == 1, err
+  assert err[0].startswith(f"error: {named}"), err[0]
