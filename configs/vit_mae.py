@@ -11,7 +11,10 @@ Then `<workdir>/summary.json`.
 
   python -m ptft_jax.main --config=configs/vit_mae.py --workdir=runs/vit_mae
 
-Expected: measured in docs/vision.md ("ViT and MAE"), 3 seeds.
+Expected (measured on this project's 2-core CPU, 270 test images, seeds 0-2; docs/vision.md
+"ViT and MAE"): test accuracy 0.810 ± 0.009 MAE-pretrained vs 0.637 ± 0.020 scratch with
+10 labels per class (seed 0: 0.811 vs 0.659); about 2 minutes wall per seed.
+`pretrain=contrastive` (SimCLR): see the docs table.
 
 Arguments (`configs/vit_mae.py:labels=10,seed=1`):
   labels=K     labeled train images per class (default 10)
