@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="ViT: fine-tuning resolution (position embeddings resampled)")
   vision.add_argument("--debug", action="store_true", help="show tracebacks")
   args = parser.parse_args(argv)
+  from absl import logging as absl_logging  # Orbax's notices would break the one-line errors
+
+  absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     {"hf": _hf, "hf-bert": _hf_bert, "export-hf": _export_hf,
      "vision": _vision}[args.command](args)
