@@ -153,16 +153,15 @@ def test_vit_mae_pretrains_and_its_encoder_transfers(tmp_path):
   from configs import vit_mae
 
   pretrain = vit_mae.pretrain_stage(0, "mae", tiny=True)
-  pretrain.train.steps, pretrain.train.eval_every, pretrain.train.log_every = 30, 30, 30
-  pretrain.optim.warmup_steps, pretrain.data.batch_size = 5, 64
-  pretrain.train.tensorboard = False
-  first = train.run(pretrain, str(tmp_path / "pretrain"))
+  pretrain.train.steps, pretrain.train.log_every, pretrain.train.eval_every = 20, 4, 0
+  pretrain.optim.warmup_steps, pretrain.data.batch_size = 4, 64
+  pretrain.train.tensorboard, pretrain.eval_splits = False, ()
+  train.run(pretrain, str(tmp_path / "pretrain"))
   with open(tmp_path / "pretrain" / "metrics.jsonl") as f:
     mse = [json.loads(line)["masked_mse"] for line in f if "masked_mse" in line]
-  assert mse and mse[-1] < 0.9  # per-patch-normalized pixels: 1.0 for a constant guess
-  assert first["validation"]["masked_mse"] > 0
+  assert len(mse) == 5 and mse[-1] < 0.9 * mse[0]  # the hidden patches' pixels get closer
   finetune = vit_mae.finetune_stage(0, str(tmp_path / "pretrain"), 2, tiny=True)
-  finetune.train.tensorboard, finetune.eval_splits = False, ("validation",)
+  finetune.train.tensorboard, finetune.train.eval_every, finetune.eval_splits = False, 0, ()
   train.run(finetune, str(tmp_path / "finetune"))
   with open(tmp_path / "finetune" / "transfer_report.json") as f:
     loaded = json.load(f)["loaded"]
