@@ -19,8 +19,7 @@ import ptft_jax as pj
 from ptft_jax.convert import load_hf
 from ptft_jax.data.text import hf_tokenizer
 from ptft_jax.models import causal_lm_logits
-from tests.helpers import FIXTURES, load_config
-from tests.unit.test_decoder_export import (
+from tests.e2e.test_decoder_export_files import (
   CASES,
   _export,
   _peft_merge,
@@ -28,6 +27,7 @@ from tests.unit.test_decoder_export import (
   imports,  # noqa: F401 -- a fixture
   write_run,
 )
+from tests.helpers import FIXTURES, load_config
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
 NAMES = sorted(n for n in os.listdir(CASES) if os.path.isdir(os.path.join(CASES, n)))

@@ -2,7 +2,7 @@
 
 The fixtures are tiny random HF models with transformers' logits and greedy generations
 (tools/make_decoder_fixtures.py, torch 2.13 + transformers 5.24); torch is not needed here.
-Greedy generation through the KV-cache generator is checked in test_decoder.py.
+Greedy generation through the KV-cache generator is checked in tests/e2e/test_decoder.py.
 """
 
 import json
