@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import hashlib
 import io
-import json
 import math
 import os
 import sys
@@ -56,7 +55,7 @@ import numpy as np
 
 from ptft_jax.data import bundle, pipeline, preprocessing
 from ptft_jax.data.preprocessing import Preprocessing
-from ptft_jax.data.sources import DatasetInfo, user_text_lines
+from ptft_jax.data.sources import DatasetInfo, user_jsonl_objects, user_text_lines
 from ptft_jax.data.subset import InMemory, Subset, stratified_subset
 from ptft_jax.data.transforms import SKIPPED
 from ptft_jax.errors import ConfigError, DataError
@@ -267,20 +266,14 @@ def _list_class_folders(split_dir: str, problems: _Problems,
 def _index_rows(path: str) -> list[tuple[int, str, str]]:
   """(line, image path as written, label) of a CSV or JSONL index (DataError per bad line)."""
   rows = []
-  lines = user_text_lines(path, "image index")
   if path.endswith(".jsonl"):
-    for n, line in enumerate(lines, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-      if (not isinstance(obj, dict) or not isinstance(obj.get("path"), str)
+    for n, obj in user_jsonl_objects(path, "image index", '{"path": "...", "label": "<class>"}'):
+      if (not isinstance(obj.get("path"), str)
           or not isinstance(obj.get("label"), (str, int)) or isinstance(obj.get("label"), bool)):
         raise DataError(f'{path}:{n}: expected {{"path": "...", "label": "<class>"}}')
       rows.append((n, obj["path"], str(obj["label"])))
     return rows
+  lines = user_text_lines(path, "image index")
   for n, fields in enumerate(csv.reader(io.StringIO("".join(lines))), 1):
     if not fields or not "".join(fields).strip():
       continue

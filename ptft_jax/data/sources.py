@@ -10,6 +10,7 @@ that are not UTF-8 become a one-line DataError naming the file and the line.
 
 import dataclasses
 import io
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -173,3 +174,22 @@ def user_text_lines(path: str, what: str) -> list[str]:
   """The lines of a user's UTF-8 file (see `read_user_text`), each with its "\\n"."""
   # Not str.splitlines: it also splits at U+2028 and friends, which JSON strings may hold.
   return io.StringIO(read_user_text(path, what)).readlines()
+
+
+def user_jsonl_objects(path: str, what: str, example: str):
+  """`(line number, dict)` for every non-blank line of a user's JSONL file.
+
+  A line that is not JSON, or not a JSON object, raises one DataError naming
+  `path:line` and what a line should look like (`example`, e.g. '{"text": "..."}').
+  """
+  for n, line in enumerate(user_text_lines(path, what), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be an object "
+                      f"like {example}") from None
+    if not isinstance(obj, dict):
+      raise DataError(f"{path}:{n}: expected a JSON object like {example}")
+    yield n, obj

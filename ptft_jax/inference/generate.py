@@ -27,20 +27,12 @@ def read_prompts(path: str) -> list[dict]:
   """JSONL -> [{"key": {"id"|"line": ...}, "prompt"|"input_ids"|"messages": ..., "answer"}].
 
   `path` may be a shipped asset (`pkg://sft_tiny/test.jsonl`)."""
-  from ptft_jax.data.sources import user_text_lines
+  from ptft_jax.data.sources import user_jsonl_objects
   from ptft_jax.data.text.sources import resolve_path
 
   path = resolve_path(path)
   rows = []
-  for n, line in enumerate(user_text_lines(path, "--input"), 1):
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-      raise DataError(f"{path}:{n}: expected a JSON object")
+  for n, obj in user_jsonl_objects(path, "--input", '{"prompt": "..."}'):
     key = {"id": obj["id"]} if "id" in obj else {"line": n}
     answer = obj.get("response") if isinstance(obj.get("response"), str) else None
     if isinstance(obj.get("prompt"), str):

@@ -16,7 +16,6 @@ JSONL ("jsonl"): one `{"text": ..., "label": ...}` object per line, optional
 """
 
 import importlib
-import json
 import os
 import re
 import zlib
@@ -185,17 +184,9 @@ def read_jsonl(path: str, fields: Sequence[str], label_field: str, key: str):
   if not os.path.isfile(path):
     raise DataError(f"{key}: no file {path!r}")
   texts, pairs, labels = [], [], []
-  for n, line in enumerate(image_sources.user_text_lines(path, key), 1):
-    if not line.strip():
-      continue
+  example = '{"text": "...", "label": ...}'
+  for n, obj in image_sources.user_jsonl_objects(path, key, example):
     where = f"{path}:{n}"
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{where}: not valid JSON ({e.msg}); each line must be an object "
-                      'like {"text": "...", "label": ...}') from None
-    if not isinstance(obj, dict):
-      raise DataError(f'{where}: expected a JSON object like {{"text": "...", "label": ...}}')
     if not isinstance(obj.get(fields[0]), str):
       raise DataError(f"{where}: no {fields[0]!r} string field (see config.data.text_fields)")
     if label_field not in obj:
