@@ -97,15 +97,8 @@ def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
   return [dict(m) for m in messages]
 
 
-def parse_line(line: str, where: str) -> dict[str, Any]:
-  """One JSONL line -> {"prompt", "response"} or {"messages"}; DataError naming `where`."""
-  try:
-    obj = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise DataError(f"{where}: not valid JSON ({e.msg}); each line must be an object like "
-                    f"{_EXAMPLE}") from None
-  if not isinstance(obj, dict):
-    raise DataError(f"{where}: expected a JSON object like {_EXAMPLE}")
+def parse_example(obj: dict[str, Any], where: str) -> dict[str, Any]:
+  """One JSONL object -> {"prompt", "response"} or {"messages"}; DataError naming `where`."""
   if "messages" in obj:
     if "prompt" in obj or "response" in obj:
       raise DataError(f"{where}: give 'messages' or 'prompt' + 'response', not both")
@@ -127,10 +120,9 @@ def read_sft_jsonl(path: str, key: str) -> list[tuple[str, dict[str, Any]]]:
   if not os.path.isfile(resolved):
     raise DataError(f"{key}: no file {resolved!r}")
   out = []
-  for n, line in enumerate(image_sources.user_text_lines(resolved, key), 1):
-    if line.strip():
-      where = f"{resolved}:{n}"
-      out.append((where, parse_line(line, where)))
+  for n, obj in image_sources.user_jsonl_objects(resolved, key, _EXAMPLE):
+    where = f"{resolved}:{n}"
+    out.append((where, parse_example(obj, where)))
   if not out:
     raise DataError(f"{key}: {resolved!r} has no examples")
   return out
