@@ -280,7 +280,9 @@ class Leaves:
     if not isinstance(node, Mapping) or "a" not in node:
       return None
     a, b = node["a"], node["b"]
-    if index is not None:  # a scanned kernel [L, in, out] has a [L * in, rank]: layer i's rows
+    if index is not None and np.ndim(a) == 3:  # a scanned kernel's per-layer adapters [L, ...]
+      a, b = a[index], b[index]
+    elif index is not None:  # written before per-layer LoRA: a [L * in, rank], one b
       stacked, _ = _find(self.params, path)
       a = a.reshape(stacked.shape[0], -1, a.shape[-1])[index]
     return a, b

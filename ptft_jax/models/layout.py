@@ -10,6 +10,11 @@ The functions work at any depth of a params tree (a backbone tree, a full model
 tree `backbone/...`, a LoRA subtree `lora/backbone/...`): every dict holding
 `layer_0 .. layer_{n-1}` (looped) or `layers` (scanned) is converted. Stacked or
 split leaves stay jax arrays or numpy arrays as they came; others are untouched.
+
+Names by layer: a stacked leaf `.../layers/<rest>` [num_layers, ...] has one row per
+layer, and row k is what a looped stack calls `.../layer_{k}/<rest>`; `row_names`
+gives those names, so parameter groups, presets and LoRA targets address layer k
+by the same name in either layout.
 """
 
 import re
@@ -21,8 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptft_jax.errors import CheckpointError
+from ptft_jax.utils import path_str
 
-__all__ = ["is_scanned", "loop_to_scan", "match_layout", "scan_to_loop"]
+__all__ = ["is_scanned", "loop_to_scan", "looped_names", "match_layout", "row_names",
+           "scan_to_loop"]
 
 SCANNED = "layers"
 _LOOPED = re.compile(r"layer_(\d+)")
@@ -44,6 +51,29 @@ def is_scanned(params: Mapping[str, Any]) -> bool:
   if not isinstance(params, Mapping):
     return False
   return SCANNED in params or any(is_scanned(v) for v in params.values())
+
+
+def row_names(path: str, rows: int) -> tuple[str, ...] | None:
+  """The looped names `.../layer_{k}/<rest>` (k < rows) of a stacked leaf `.../layers/<rest>`.
+
+  None for a leaf outside a scanned stack (no `layers` component in `path`).
+  """
+  parts = path.split("/")
+  if SCANNED not in parts[:-1]:
+    return None
+  i = parts.index(SCANNED)
+  return tuple("/".join(parts[:i] + [f"layer_{k}"] + parts[i + 1:]) for k in range(rows))
+
+
+def looped_names(params) -> dict[str, tuple[str, ...]]:
+  """{path: names} for every leaf of `params`, in tree order: a leaf's own path, or for a
+  stacked leaf `[num_layers, ...]` its rows' looped names (`row_names`)."""
+  out = {}
+  for key_path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    path = path_str(key_path)
+    names = row_names(path, int(np.shape(leaf)[0])) if np.ndim(leaf) else None
+    out[path] = names if names is not None else (path,)
+  return out
 
 
 def _stack(tree: Mapping[str, Any], n: int) -> dict:

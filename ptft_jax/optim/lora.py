@@ -9,6 +9,19 @@ to [kh * kw * in, out]) the params get two extra leaves beside the base tree:
 
 and the model always runs on `merge_lora(params, alpha)`, whose kernels are
 `W + (alpha / rank) * (a @ b).reshape(W.shape)` and which has no `lora` subtree.
+
+A stacked kernel of a scanned transformer stack (`layers/...` [num_layers, in, out])
+gets one adapter per layer, stacked like it:
+
+  lora/<kernel path>/a   [num_layers, in, rank]   layer k's a, as looped `layer_{k}` gets
+  lora/<kernel path>/b   [num_layers, rank, out]
+
+`targets` is matched against each layer's looped name (`.../layer_{k}/...`, see
+`models.layout.row_names`) or the stacked path, and the same seed draws the
+same `a` for layer k in either layout, so `models.layout` converts adapters
+like any other params and scanned LoRA trains as looped LoRA does. Adapters
+written before this (`a` [num_layers * in, rank] with one `b` shared by the
+layers) still merge.
 The train step applies the merge inside the differentiated loss, so gradients
 reach `a` and `b`; with `b = 0` step 0 is exactly the base model. This works for
 every model family because it never touches a module. The `lora` strategy
@@ -30,7 +43,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from ptft_jax.errors import CheckpointError, ConfigError
-from ptft_jax.utils import tree_paths
+from ptft_jax.models import layout
+from ptft_jax.utils import flat_paths, tree_paths
 
 LORA = "lora"
 
@@ -50,27 +64,52 @@ def _get(tree, keys: list[str]):
 def add_adapters(params: dict, rng: jax.Array, *, rank: int, targets: str) -> dict:
   """Returns `params` plus a `lora` subtree with (a, b) for each kernel matching `targets`.
 
-  Raises ConfigError when `rank` < 1 or `targets` matches no kernel of 2+ dims.
+  Raises ConfigError when `rank` < 1, `targets` matches no kernel of 2+ dims (per
+  layer), or only some layers of a stacked kernel.
   """
   if rank < 1:
     raise ConfigError(f"config.lora.rank={rank}: use a rank >= 1 (0 turns LoRA off)")
-  flat = jax.tree_util.tree_leaves_with_path(params)
-  paths = jax.tree_util.tree_leaves(tree_paths(params))
-  chosen = [(p, x) for p, (_, x) in zip(paths, flat, strict=True)
-            if re.fullmatch(targets, p) and jnp.ndim(x) >= 2 and not p.startswith(f"{LORA}/")]
+  looped = layout.looped_names(params)
+  chosen = []  # (path, kernel, looped names of its rows or None)
+  for path, x in flat_paths(params).items():
+    names = looped[path]
+    stacked = names != (path,)
+    if path.startswith(f"{LORA}/") or jnp.ndim(x) < 2 + stacked:
+      continue
+    hits = [bool(re.fullmatch(targets, n)) for n in names]
+    if re.fullmatch(targets, path) or all(hits):
+      chosen.append((path, x, names if stacked else None))
+    elif any(hits):
+      raise ConfigError(
+          f"config.lora.targets={targets!r} matches some layers of the stacked kernel {path} "
+          f"[num_layers, ...] but not others; target all of its layers or none, or set "
+          "config.model.scan_layers=False")
   if not chosen:
-    kernels = [p for p in paths if p.endswith("/kernel")][:3]
+    kernels = [p for p in looped if p.endswith("/kernel")][:3]
     raise ConfigError(
         f"config.lora.targets={targets!r} matches no kernel with 2+ dims "
         f"(kernels look like {kernels})")
-  adapters: dict = {}
-  for i, (path, kernel) in enumerate(chosen):
+  # Layer k's `a` is drawn from the index its looped kernel has in tree order, so a scanned
+  # stack gets the adapters the looped one would.
+  looped_order = sorted((n for p, _, names in chosen for n in (names or (p,))),
+                        key=lambda n: n.split("/"))
+  index = {n: i for i, n in enumerate(looped_order)}
+
+  def draw(name: str, kernel_shape, dtype):
     fan_in = 1
-    for d in kernel.shape[:-1]:
+    for d in kernel_shape[:-1]:
       fan_in *= int(d)
-    a = jax.random.normal(jax.random.fold_in(rng, i), (fan_in, rank), jnp.float32)
-    a = (a / jnp.sqrt(fan_in)).astype(kernel.dtype)
-    b = jnp.zeros((rank, kernel.shape[-1]), kernel.dtype)
+    a = jax.random.normal(jax.random.fold_in(rng, index[name]), (fan_in, rank), jnp.float32)
+    return (a / jnp.sqrt(fan_in)).astype(dtype)
+
+  adapters: dict = {}
+  for path, kernel, names in chosen:
+    if names is None:
+      a = draw(path, kernel.shape, kernel.dtype)
+      b = jnp.zeros((rank, kernel.shape[-1]), kernel.dtype)
+    else:
+      a = jnp.stack([draw(n, kernel.shape[1:], kernel.dtype) for n in names])
+      b = jnp.zeros((len(names), rank, kernel.shape[-1]), kernel.dtype)
     _set(adapters, path.split("/"), {"a": a, "b": b})
   return {**params, LORA: adapters}
 
@@ -97,6 +136,7 @@ def merge_lora(params: dict, alpha: float) -> dict:
     ab = _get(params[LORA], keys)
     kernel = _get(merged, keys)
     rank = ab["a"].shape[-1]
+    # [in, rank] @ [rank, out], or per layer [L, in, rank] @ [L, rank, out] for a stacked kernel
     delta = (ab["a"].astype(jnp.float32) @ ab["b"].astype(jnp.float32)) * (alpha / rank)
     _set(merged, keys, (kernel.astype(jnp.float32) + delta.reshape(kernel.shape)).astype(
         kernel.dtype))

@@ -3,7 +3,8 @@
 Parameter groups are the one mechanism behind freezing and per-group learning
 rates: `config.optim.groups` is an ordered list of `(regex, settings)`; a leaf
 takes the settings of the first regex that *fully* matches its path
-(`backbone/layer_0/kernel`); unmatched leaves use the defaults. Settings:
+(`backbone/layer_0/kernel`; rows of scanned stacks below); unmatched leaves use
+the defaults. Settings:
 
   frozen: bool        no update and no optimizer state for these leaves
   lr: float           this group's peak learning rate
@@ -27,6 +28,21 @@ on it trains, and groups already training are never reset. Its schedule
 price: such groups hold optimizer state, and take a full backward pass, from
 step 0.
 
+Scanned layers (`config.model.scan_layers`): a stacked leaf `.../layers/<rest>`
+[num_layers, ...] is matched row by row under its looped names
+`.../layer_{k}/<rest>` (`models.layout.row_names`; a regex naming the stacked path
+takes every row). When all rows land in one group nothing changes. Otherwise
+the leaf's label is its rows' group names joined by "|" and it gets one per-row
+optimizer (`_rowwise`): the config's optimizer vmapped over the rows, so each
+row keeps its own moments and count and takes its own group's lr schedule,
+weight decay and unfreeze step; frozen and not-yet-unfrozen rows have their
+gradients zeroed before clipping and their updates zeroed, their state held.
+Row k then trains exactly as looped layer k (tests/unit/test_scanned_groups.py).
+`Group.rows` lists the (leaf, rows) a group holds of such split leaves. What stays
+per array: `weight_decay_mask` must decay all rows of a leaf or none, and a leaf
+with some frozen rows keeps optimizer state (zeros) for them and takes a
+backward pass through them.
+
 Groups come from `config.optim.groups` first, then from a named preset in
 `config.optim.strategy` (see strategies.py), expanded by the caller.
 
@@ -36,6 +52,7 @@ trainable parameters at the end of the chain; it lives in the optimizer state
 """
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -47,11 +64,13 @@ import numpy as np
 import optax
 
 from ptft_jax.errors import ConfigError
+from ptft_jax.models import layout
 from ptft_jax.utils import path_str, tree_paths
 
 GROUP_SETTINGS = ("frozen", "lr", "lr_mult", "weight_decay", "schedule", "unfreeze_at", "name")
 SCHEDULES = ("cosine", "linear", "constant")
 DEFAULT_GROUP = "default"
+ROW_SEP = "|"  # the label of a stacked leaf whose rows are in different groups: "g0|g1|..."
 
 
 def make_schedule(
@@ -88,6 +107,9 @@ class Group:
   num_params: int
   schedule: str = "cosine"
   unfreeze_at: int = 0
+  # Stacked leaves ([num_layers, ...], a scanned stack) only some of whose rows are in this
+  # group: (path, row indices). `leaves` holds whole leaves only.
+  rows: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 def _normalize_groups(groups: Sequence) -> list[tuple[str, dict]]:
@@ -115,6 +137,9 @@ def _normalize_groups(groups: Sequence) -> list[tuple[str, dict]]:
     out.append((regex, settings))
   names = [str(s.get("name", f"group_{i}")) for i, (_, s) in enumerate(out)]
   for i, name in enumerate(names):
+    if ROW_SEP in name:
+      raise ConfigError(f"config.optim.groups[{i}]: group name {name!r} holds {ROW_SEP!r}, "
+                        "which labels the rows of stacked leaves; choose another name")
     if name == DEFAULT_GROUP or names.index(name) != i:
       raise ConfigError(
           f"config.optim.groups[{i}]: group name {name!r} is "
@@ -138,25 +163,41 @@ def assign_groups(params, optim_config: ml_collections.ConfigDict,
   names = [str(s.get("name", f"group_{i}")) for i, (_, s) in enumerate(groups)]
   paths = tree_paths(params)
   flat_paths = jax.tree_util.tree_leaves(paths)
+  # A stacked leaf's rows go by their looped names (`layer_{k}/...`, models.layout); a regex
+  # may also name the stacked path itself (`.*/layers/...`), which takes every row.
+  looped = layout.looped_names(params)
 
-  def label(path: str) -> str:
-    for name, (regex, _) in zip(names, groups, strict=True):
-      if re.fullmatch(regex, path):
-        return name
+  def label(name: str, path: str) -> str:
+    for group, (regex, _) in zip(names, groups, strict=True):
+      if re.fullmatch(regex, name) or (name != path and re.fullmatch(regex, path)):
+        return group
     return DEFAULT_GROUP
 
-  labels = jax.tree_util.tree_map(label, paths)
+  row_labels = {p: tuple(label(n, p) for n in looped[p]) for p in flat_paths}
+  leaf_label = {p: rows[0] if len(set(rows)) == 1 else ROW_SEP.join(rows)
+                for p, rows in row_labels.items()}
+  labels = jax.tree_util.tree_map(leaf_label.__getitem__, paths)
   sizes = dict(zip(flat_paths, (int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(
       params)), strict=True))
-  flat_labels = jax.tree_util.tree_leaves(labels)
+
+  def members(name: str) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[int, ...]], ...], int]:
+    """(whole leaves, (stacked leaf, rows) of leaves split between groups, parameter count)."""
+    whole = tuple(p for p in flat_paths if leaf_label[p] == name)
+    rows = tuple((p, ks) for p in flat_paths if leaf_label[p] != row_labels[p][0] and (
+        ks := tuple(k for k, lab in enumerate(row_labels[p]) if lab == name)))
+    count = sum(sizes[p] for p in whole) + sum(
+        sizes[p] // len(row_labels[p]) * len(ks) for p, ks in rows)
+    return whole, rows, count
+
   base_lr = float(optim_config.lr)
   base_wd = float(optim_config.get("weight_decay", 0.0))
   base_schedule = optim_config.get("decay", "cosine")
   result = []
   for i, (name, (regex, settings)) in enumerate(zip(names, groups, strict=True)):
-    leaves = tuple(p for p, lab in zip(flat_paths, flat_labels, strict=True) if lab == name)
-    if not leaves:
-      matched_earlier = [p for p in flat_paths if re.fullmatch(regex, p)]
+    leaves, rows, count = members(name)
+    if not leaves and not rows:
+      matched_earlier = [p for p in flat_paths if any(
+          re.fullmatch(regex, n) for n in looped[p] + (p,))]
       why = (f"its {len(matched_earlier)} matches are taken by an earlier group"
              if matched_earlier else f"parameter paths look like {flat_paths[:3]}")
       raise ConfigError(
@@ -166,22 +207,36 @@ def assign_groups(params, optim_config: ml_collections.ConfigDict,
     result.append(Group(
         name=name, regex=regex, frozen=bool(settings.get("frozen", False)), lr=lr,
         weight_decay=float(settings.get("weight_decay", base_wd)), leaves=leaves,
-        num_params=sum(sizes[p] for p in leaves),
-        schedule=settings.get("schedule", base_schedule),
-        unfreeze_at=int(settings.get("unfreeze_at", 0))))
-  default_leaves = tuple(
-      p for p, lab in zip(flat_paths, flat_labels, strict=True) if lab == DEFAULT_GROUP)
+        num_params=count, schedule=settings.get("schedule", base_schedule),
+        unfreeze_at=int(settings.get("unfreeze_at", 0)), rows=rows))
+  leaves, rows, count = members(DEFAULT_GROUP)
   result.append(Group(
       name=DEFAULT_GROUP, regex=None, frozen=False, lr=base_lr, weight_decay=base_wd,
-      leaves=default_leaves, num_params=sum(sizes[p] for p in default_leaves),
-      schedule=base_schedule))
+      leaves=leaves, num_params=count, schedule=base_schedule, rows=rows))
   return labels, result
 
 
-def _decay_mask_fn(regex: str) -> Callable:
+def _decay_of(params, regex: str) -> dict[str, bool]:
+  """{path: whether `config.optim.weight_decay_mask` decays the leaf}.
+
+  A stacked leaf is matched under its rows' looped names (and its own path), like
+  the groups; its rows must agree (weight decay is one setting per array).
+  """
+  out = {}
+  for path, names in layout.looped_names(params).items():
+    rows = {bool(re.fullmatch(regex, n) or re.fullmatch(regex, path)) for n in names}
+    if len(rows) > 1:
+      raise ConfigError(
+          f"config.optim.weight_decay_mask={regex!r} decays some layers of the stacked leaf "
+          f"{path} [num_layers, ...] but not others; name all of its layers or none, or set "
+          "config.model.scan_layers=False")
+    out[path] = rows.pop()
+  return out
+
+
+def _decay_mask_fn(decay_of: dict[str, bool]) -> Callable:
   def mask(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: re.fullmatch(regex, path_str(p)) is not None, params)
+    return jax.tree_util.tree_map_with_path(lambda p, _: decay_of[path_str(p)], params)
   return mask
 
 
@@ -205,13 +260,22 @@ class EmaState(NamedTuple):
   ema: Any
 
 
-def ema_of_params(decay: float) -> optax.GradientTransformation:
+def ema_of_params(decay: float, hold: dict[str, np.ndarray] | None = None
+                  ) -> optax.GradientTransformation:
   """Keeps `ema = decay * ema + (1 - decay) * new_params`; passes updates through unchanged.
 
   Put it last in a chain: it sees the final updates, and `params + updates` is
   what `optax.apply_updates` will produce. The average starts at the initial
   params (no debiasing), so early EMA weights lean on the starting point.
+  `hold`: {path: bool [num_layers]} frozen rows of stacked leaves, whose average
+  stays their (unchanged) params, as a frozen looped layer has no average at all.
   """
+  hold = hold or {}
+
+  def average(path, e, p):
+    new = (decay * e + (1.0 - decay) * p).astype(e.dtype)
+    rows = hold.get(path_str(path))
+    return new if rows is None else jnp.where(_per_row(jnp.asarray(rows), p), p, new)
 
   def init(params):
     return EmaState(ema=jax.tree_util.tree_map(lambda p: jnp.array(p, copy=True), params))
@@ -220,8 +284,7 @@ def ema_of_params(decay: float) -> optax.GradientTransformation:
     if params is None:
       raise ValueError("ema_of_params needs params in update()")
     new = optax.apply_updates(params, updates)
-    ema = jax.tree_util.tree_map(
-        lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema, new)
+    ema = jax.tree_util.tree_map_with_path(average, state.ema, new)
     return updates, EmaState(ema=ema)
 
   return optax.GradientTransformation(init, update)
@@ -261,26 +324,119 @@ def _start_at(inner: optax.GradientTransformation, start: int) -> optax.Gradient
   return optax.GradientTransformation(init, update)
 
 
-def _zero_inactive(labels, starts: dict[str, int]) -> optax.GradientTransformation:
-  """Zeroes the gradients of groups whose `unfreeze_at` step has not come yet."""
+def _per_row(rows: jax.Array, x) -> jax.Array:
+  """A [num_layers] vector shaped [num_layers, 1, ...] to broadcast against x [num_layers, ...]."""
+  return rows.reshape(rows.shape + (1,) * (jnp.ndim(x) - 1))
+
+
+class RowGates(NamedTuple):
+  """Which rows of a stacked leaf train when: frozen [num_layers] bool, start [num_layers] int."""
+
+  frozen: np.ndarray
+  start: np.ndarray
+
+  def active(self, count: jax.Array) -> jax.Array:
+    """[num_layers] bool: the rows that train at step `count`."""
+    return jnp.logical_and(~jnp.asarray(self.frozen), count >= jnp.asarray(self.start))
+
+
+def _zero_inactive(labels, starts: dict[str, int],
+                   rows: dict[str, RowGates] | None = None) -> optax.GradientTransformation:
+  """Zeroes the gradients of groups whose `unfreeze_at` step has not come yet, and of the
+  frozen or not yet unfrozen rows of stacked leaves (`rows`, by label)."""
+  rows = rows or {}
 
   def init(params):
     del params
     return GateState(jnp.zeros([], jnp.int32), optax.EmptyState())
 
+  def gate(count, g, lab):
+    if lab in rows:
+      return jnp.where(_per_row(rows[lab].active(count), g), g, jnp.zeros_like(g))
+    if starts.get(lab, 0) > 0:
+      return jnp.where(count >= starts[lab], g, jnp.zeros_like(g))
+    return g
+
   def update(updates, state, params=None):
     del params
     updates = jax.tree_util.tree_map(
-        lambda g, lab: jnp.where(state.count >= starts[lab], g, jnp.zeros_like(g))
-        if starts.get(lab, 0) > 0 else g, updates, labels)
+        functools.partial(gate, state.count), updates, labels)
     return updates, GateState(optax.safe_increment(state.count), state.inner)
 
   return optax.GradientTransformation(init, update)
 
 
+class RowState(NamedTuple):
+  """Optimizer state of stacked leaves whose rows are in different groups."""
+
+  count: jax.Array  # int32 steps seen: the clock of the rows' unfreeze steps
+  inner: Any  # the optimizer's state per row: every leaf has a leading [num_layers] axis
+
+
+def _group_schedule(g: Group, optim_config, total_steps: int) -> optax.Schedule:
+  """The group's schedule, over the steps after its `unfreeze_at`."""
+  return make_schedule(
+      g.lr, max(total_steps - g.unfreeze_at, 1),
+      warmup_steps=optim_config.get("warmup_steps", 0), decay=g.schedule,
+      end_lr_factor=optim_config.get("end_lr_factor", 0.0))
+
+
+def _rowwise(rows: Sequence[Group], optim_config, total_steps: int,
+             wd_mask: Callable) -> optax.GradientTransformation:
+  """The optimizer of stacked leaves [num_layers, ...] whose row k is in group `rows[k]`.
+
+  The config's optimizer runs vmapped over the rows, so every row keeps its own
+  state (Adam's moments *and* count) and takes its own group's schedule (peak lr,
+  decay, start at its `unfreeze_at`) and weight decay: row k moves exactly as a
+  looped layer k in that group would. A row is held, as `_start_at` holds a
+  group, while it is frozen or before its `unfreeze_at`: zero update, state
+  unchanged (its gradients are zeroed before clipping by `_zero_inactive`).
+  """
+  trained = list(dict.fromkeys(g.name for g in rows if not g.frozen))
+  by_name = {g.name: g for g in rows}
+  schedules = [_group_schedule(by_name[n], optim_config, total_steps) for n in trained]
+  which = jnp.asarray([0 if g.frozen else trained.index(g.name) for g in rows], jnp.int32)
+  decay = jnp.asarray([0.0 if g.frozen else g.weight_decay for g in rows], jnp.float32)
+  gates = RowGates(np.array([g.frozen for g in rows]),
+                   np.array([g.unfreeze_at for g in rows], np.int32))
+
+  def row_tx(k, weight_decay) -> optax.GradientTransformation:
+    # Every trained group's lr at this row's own count, then this row's: one traced rule.
+    schedule = lambda count: jnp.stack([f(count) for f in schedules])[k]
+    return _base_optimizer(optim_config, schedule, weight_decay, wd_mask)
+
+  def init(params):
+    return RowState(jnp.zeros([], jnp.int32), jax.vmap(row_tx(0, 0.0).init)(params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("the per-row optimizer needs params in update()")
+    new_updates, new_inner = jax.vmap(
+        lambda u, st, p, k, wd: row_tx(k, wd).update(u, st, p))(
+            updates, state.inner, params, which, decay)
+    active = gates.active(state.count)
+    keep = lambda n, o: jnp.where(_per_row(active, n), n, o)
+    inner = jax.tree_util.tree_map(keep, new_inner, state.inner)
+    new_updates = jax.tree_util.tree_map(
+        lambda u: jnp.where(_per_row(active, u), u, jnp.zeros_like(u)), new_updates)
+    return new_updates, RowState(optax.safe_increment(state.count), inner)
+
+  return optax.GradientTransformation(init, update)
+
+
 def trainable_mask(tree, groups: Sequence[Group]) -> Any:
-  """Bool tree shaped like `tree` (params, or their label tree): False for frozen groups' leaves."""
+  """Bool tree shaped like `tree` (params, or their label tree): False for frozen groups' leaves.
+
+  A stacked leaf split between groups is trainable unless all of its rows are frozen.
+  """
   frozen = {path for g in groups if g.frozen for path in g.leaves}
+  split, frozen_rows = {}, {}
+  for g in groups:
+    for path, ks in g.rows:
+      split.setdefault(path, set()).update(ks)
+      if g.frozen:
+        frozen_rows.setdefault(path, set()).update(ks)
+  frozen |= {path for path, ks in split.items() if frozen_rows.get(path) == ks}
   return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p) not in frozen, tree)
 
 
@@ -293,50 +449,74 @@ def make_optimizer(
   `group_specs`: see `assign_groups` (ptft_jax.optim.make_optimizer passes the
   config's groups followed by its preset's).
 
-  Chain: [zero gradients of groups not yet unfrozen] -> [clip by global norm
-  over trainable leaves] -> multi_transform over groups, each `adamw`/`sgd`
-  with its own schedule and decay mask (gated by its `unfreeze_at`), or
-  `set_to_zero` when frozen -> [EMA of the trainable params].
+  Chain: [zero gradients of groups not yet unfrozen, and of frozen / not yet
+  unfrozen rows of split stacked leaves] -> [clip by global norm over trainable
+  leaves] -> multi_transform over groups, each `adamw`/`sgd` with its own
+  schedule and decay mask (gated by its `unfreeze_at`), or `set_to_zero` when
+  frozen, plus one per-row optimizer per row pattern of split stacked leaves
+  -> [EMA of the trainable params; frozen rows' average stays their params].
   """
   labels, groups = assign_groups(params, optim_config, group_specs)
-  wd_mask = _decay_mask_fn(optim_config.get("weight_decay_mask", r".*/kernel"))
+  wd_mask = _decay_mask_fn(_decay_of(params, optim_config.get("weight_decay_mask", r".*/kernel")))
   transforms = {}
   for g in groups:
     if g.frozen:
       transforms[g.name] = optax.set_to_zero()
       continue
-    schedule = make_schedule(
-        g.lr, max(total_steps - g.unfreeze_at, 1),
-        warmup_steps=optim_config.get("warmup_steps", 0), decay=g.schedule,
-        end_lr_factor=optim_config.get("end_lr_factor", 0.0))
-    transforms[g.name] = _base_optimizer(optim_config, schedule, g.weight_decay, wd_mask)
+    transforms[g.name] = _base_optimizer(
+        optim_config, _group_schedule(g, optim_config, total_steps), g.weight_decay, wd_mask)
     if g.unfreeze_at > 0:
       transforms[g.name] = _start_at(transforms[g.name], g.unfreeze_at)
+  # Stacked leaves whose rows are in different groups: one per-row optimizer per row pattern.
+  by_name = {g.name: g for g in groups}
+  row_gates, hold = {}, {}
+  for path, label in zip(jax.tree_util.tree_leaves(tree_paths(params)),
+                         jax.tree_util.tree_leaves(labels), strict=True):
+    if ROW_SEP not in label:
+      continue
+    rows = [by_name[n] for n in label.split(ROW_SEP)]
+    if all(g.frozen for g in rows):
+      transforms[label] = optax.set_to_zero()  # trainable_mask: no gradient either
+      continue
+    if label not in transforms:
+      transforms[label] = _rowwise(rows, optim_config, total_steps, wd_mask)
+    gates = RowGates(np.array([g.frozen for g in rows]),
+                     np.array([g.unfreeze_at for g in rows], np.int32))
+    if gates.frozen.any() or gates.start.any():
+      row_gates[label] = gates
+    if gates.frozen.any():
+      hold[path] = gates.frozen
   tx = optax.multi_transform(transforms, labels)
   trainable = trainable_mask(labels, groups)
   clip = optim_config.get("grad_clip_norm", 0.0)
   if clip:
     tx = optax.chain(optax.masked(optax.clip_by_global_norm(clip), trainable), tx)
   starts = {g.name: g.unfreeze_at for g in groups if g.unfreeze_at > 0 and not g.frozen}
-  if starts:
-    tx = optax.chain(_zero_inactive(labels, starts), tx)
+  if starts or row_gates:
+    tx = optax.chain(_zero_inactive(labels, starts, row_gates), tx)
   ema_decay = float(optim_config.get("ema_decay", 0.0))
   if not 0.0 <= ema_decay < 1.0:
     raise ConfigError(f"config.optim.ema_decay={ema_decay}: use 0 (off) or a value in (0, 1)")
   if ema_decay:
-    tx = optax.chain(tx, optax.masked(ema_of_params(ema_decay), trainable))
+    tx = optax.chain(tx, optax.masked(ema_of_params(ema_decay, hold), trainable))
   return tx, groups
 
 
 def group_table(groups: Sequence[Group]) -> str:
   """A printable table: group, regex, matched leaves, parameters, lr, schedule, wd, frozen.
 
-  The frozen column reads "from N" for a group that unfreezes at step N.
+  The frozen column reads "until N" for a group that unfreezes at step N. A group
+  holding some rows of stacked leaves counts those leaves too and names the rows:
+  `16 (rows 0,1)`.
   """
   rows = [("group", "regex", "leaves", "params", "lr", "schedule", "wd", "frozen")]
   for g in groups:
     frozen = "yes" if g.frozen else (f"until {g.unfreeze_at}" if g.unfreeze_at else "no")
-    rows.append((g.name, g.regex or "(unmatched)", str(len(g.leaves)), f"{g.num_params:,}",
+    leaves = str(len(g.leaves) + len(g.rows))
+    if g.rows:
+      ks = sorted({k for _, row in g.rows for k in row})
+      leaves += f" (row{'s' if len(ks) > 1 else ''} {','.join(map(str, ks))})"
+    rows.append((g.name, g.regex or "(unmatched)", leaves, f"{g.num_params:,}",
                  f"{g.lr:.3g}", g.schedule, f"{g.weight_decay:.3g}", frozen))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   return "\n".join(

@@ -26,28 +26,31 @@ input-order position p has depth L - p, the input side L + 1, heads 0.
 `unit_depths(params)` shows the result for a model.
 
 A scanned transformer stack (`config.model.scan_layers=True`) keeps every layer
-in one unit, `layers`, whose leaves have a leading [num_layers] axis; a
-parameter group covers whole leaves, so the presets that treat layers apart
-(freeze_layers, layer_decay, gradual_unfreeze) refuse it with a ConfigError
-naming the fix (config.model.scan_layers=False; `models.layout` converts a
-checkpoint of either layout). The other presets work on either layout.
+in `layers/...` leaves with a leading [num_layers] axis; units and groups see
+row k of such a leaf under its looped name `layer_{k}/...`
+(`models.layout.row_names`), so every preset gives a scanned model the groups
+it gives the looped one, and optimizer.py trains the rows of one stacked leaf
+in their different groups (per-row state, lr, freezing and unfreeze step).
 """
 
 import re
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import ml_collections
 
 from ptft_jax.errors import ConfigError
-from ptft_jax.utils import tree_paths
+from ptft_jax.models import layout
 
 STRATEGIES = ("", "full", "linear_probe", "freeze_layers", "layer_decay", "gradual_unfreeze",
               "discriminative", "lora")
 _FAMILY_ORDER = ("conv", "stage", "block", "layer", "dense")
 _PREFIX = re.compile(r"^(?:lora/)?backbone/([^/]+)/")
-SCANNED_UNIT = "layers"  # models.layout.SCANNED: all layers of a scanned transformer stack
+
+
+def _names(params) -> list[str]:
+  """Every leaf's path, a stacked leaf's rows by their looped names (`layer_{k}/...`)."""
+  return [n for names in layout.looped_names(params).values() for n in names]
 
 
 def _unit(path: str) -> str | None:
@@ -71,7 +74,7 @@ def _order_key(unit: str) -> tuple | None:
 
 def unit_depths(params) -> dict[str, int]:
   """{backbone unit: depth from the top}; heads (not listed) have depth 0."""
-  units = sorted({u for u in map(_unit, jax.tree_util.tree_leaves(tree_paths(params))) if u})
+  units = sorted({u for u in map(_unit, _names(params)) if u})
   keys = sorted({k for u in units if not _is_input_side(u) and (k := _order_key(u))})
   depth = {k: len(keys) - i for i, k in enumerate(keys)}
   out = {}
@@ -90,15 +93,6 @@ def _units_regex(units: Sequence[str]) -> str:
   return rf"(?:lora/)?backbone/{alternatives}/.*"
 
 
-def _require_looped(params, name: str):
-  """Per-layer presets need one unit per layer: refuses a scanned stack (`backbone/layers`)."""
-  if any(_unit(p) == SCANNED_UNIT for p in jax.tree_util.tree_leaves(tree_paths(params))):
-    raise ConfigError(
-        f"config.optim.strategy.name={name!r} treats layers apart, but the backbone's layers are "
-        "scanned into one [num_layers, ...] stack (backbone/layers); set "
-        "config.model.scan_layers=False")
-
-
 def _depth_groups(params, settings_for_depth) -> list[tuple[str, dict]]:
   """One group per backbone depth >= 1 (deepest last), settings from `settings_for_depth(d)`."""
   by_depth: dict[int, list[str]] = {}
@@ -113,7 +107,7 @@ def _depth_groups(params, settings_for_depth) -> list[tuple[str, dict]]:
 
 
 def _require_backbone(params, name: str):
-  if not any(_unit(p) for p in jax.tree_util.tree_leaves(tree_paths(params))):
+  if not any(_unit(p) for p in _names(params)):
     raise ConfigError(f"config.optim.strategy.name={name!r}: the model has no backbone/ params")
 
 
@@ -127,8 +121,6 @@ def preset_groups(params, strategy: ml_collections.ConfigDict) -> list[tuple[str
   if name in ("", "full"):
     return []
   _require_backbone(params, name)
-  if name in ("freeze_layers", "layer_decay", "gradual_unfreeze"):
-    _require_looped(params, name)
   if name in ("linear_probe", "lora"):
     return [(r"backbone/.*", {"name": "backbone", "frozen": True})]
   if name == "discriminative":
@@ -167,11 +159,12 @@ def expand(params, optim_config: ml_collections.ConfigDict) -> list[tuple[str, A
   if not strategy:
     return groups
   preset = preset_groups(params, strategy)
-  paths = jax.tree_util.tree_leaves(tree_paths(params))
-  taken = lambda p: any(
-      isinstance(g, tuple) and len(g) == 2 and isinstance(g[0], str) and _fullmatch(g[0], p)
-      for g in groups)
-  free = [p for p in paths if not taken(p)]
+  # (name, path) of every row: an explicit group takes a row by either (optimizer.py).
+  rows = [(n, p) for p, names in layout.looped_names(params).items() for n in names]
+  taken = lambda n, p: any(
+      isinstance(g, tuple) and len(g) == 2 and isinstance(g[0], str)
+      and (_fullmatch(g[0], n) or _fullmatch(g[0], p)) for g in groups)
+  free = [n for n, p in rows if not taken(n, p)]
   return groups + [(r, s) for r, s in preset if any(re.fullmatch(r, p) for p in free)]
 
 

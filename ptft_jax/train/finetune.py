@@ -117,7 +117,9 @@ def write_param_groups_json(workdir: str, groups: Sequence[optim.Group], params:
     record = {**counts, "groups": [
         {"name": g.name, "regex": g.regex, "leaves": len(g.leaves), "params": g.num_params,
          "lr": g.lr, "schedule": g.schedule, "weight_decay": g.weight_decay,
-         "frozen": g.frozen, "unfreeze_at": g.unfreeze_at} for g in groups]}
+         "frozen": g.frozen, "unfreeze_at": g.unfreeze_at,
+         # stacked leaves (scanned layers) only some of whose rows are in this group
+         **({"rows": {p: list(ks) for p, ks in g.rows}} if g.rows else {})} for g in groups]}
     if fine_tuning.lora:
       record["lora"] = fine_tuning.lora
     write_json_atomic(os.path.join(workdir, PARAMS_FILE), record)

@@ -346,7 +346,7 @@ def test_adapters_of_packed_and_partial_modules(case, imports, tmp_path):
 
 
 def test_scanned_run_exports_the_looped_layout(imports, tmp_path):
-  """A run with scan_layers (layers/... [num_layers, ...], adapters [L * in, rank] with one b)
+  """A run with scan_layers (layers/... [num_layers, ...], per-layer adapters [L, in, rank])
   writes what its looped twin writes."""
   def scanned(config, params):
     config["model"]["scan_layers"] = True

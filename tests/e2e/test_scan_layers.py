@@ -16,7 +16,7 @@ import pytest
 
 from ptft_jax.convert.hf_bert import export_hf_bert, load_hf_bert
 from ptft_jax.convert.minilm import minilm_dir
-from ptft_jax.errors import CheckpointError, ConfigError
+from ptft_jax.errors import CheckpointError
 from ptft_jax.models import bert, build_backbone, gpt, layout
 from ptft_jax.models.transformer import bert_encode
 from ptft_jax.optim import strategies
@@ -94,14 +94,15 @@ def test_config_key_and_sharding_rules():
   assert sharding.logical_axes("backbone/layer_0/mlp/output/kernel", 2) == ("mlp", "embed")
 
 
-def test_per_layer_strategies_refuse_scanned_stack():
-  params = {"backbone": _init(bert(scan_layers=True, **SMALL)),
-            "heads": {"c": {"kernel": np.ones((16, 2))}}}
-  for name in ("layer_decay", "freeze_layers", "gradual_unfreeze"):
-    with pytest.raises(ConfigError, match="scan_layers=False"):
-      strategies.preset_groups(params, ml_collections.ConfigDict(dict(name=name)))
-  groups = strategies.preset_groups(params, ml_collections.ConfigDict(dict(name="linear_probe")))
-  assert groups == [(r"backbone/.*", {"name": "backbone", "frozen": True})]
+def test_per_layer_strategies_give_the_looped_groups():
+  """Presets address layer k of a scanned stack by its looped name (training on both
+  layouts is compared in tests/unit/test_scanned_groups.py)."""
+  looped = {"backbone": _init(bert(**SMALL)), "heads": {"c": {"kernel": np.ones((16, 2))}}}
+  scanned = layout.loop_to_scan(looped)
+  for name in ("layer_decay", "freeze_layers", "gradual_unfreeze", "linear_probe"):
+    strategy = ml_collections.ConfigDict(dict(name=name, freeze_layers=2))
+    assert (strategies.preset_groups(scanned, strategy)
+            == strategies.preset_groups(looped, strategy))
 
 
 @pytest.fixture(scope="module")
