@@ -115,7 +115,8 @@ def write_param_groups_json(workdir: str, groups: Sequence[optim.Group], params:
   adapters = sum(x.size for x in jax.tree_util.tree_leaves(params.get(lora.LORA, {})))
   if jax.process_index() == 0:
     record = {**counts, "groups": [
-        {"name": g.name, "regex": g.regex, "leaves": len(g.leaves), "params": g.num_params,
+        {"name": g.name, "regex": g.regex, "leaves": len(g.leaves) + len(g.rows),
+         "params": g.num_params,
          "lr": g.lr, "schedule": g.schedule, "weight_decay": g.weight_decay,
          "frozen": g.frozen, "unfreeze_at": g.unfreeze_at,
          # stacked leaves (scanned layers) only some of whose rows are in this group

@@ -133,7 +133,7 @@ def test_rows_in_groups_table_mask_and_json(tmp_path):
   ft = finetune.FineTuning(lora=None, compute_dtype=None, accumulation_steps=1, ema=False)
   finetune.write_param_groups_json(str(tmp_path), groups, scanned, ft)
   record = json.loads((tmp_path / "param_groups.json").read_text())
-  assert record["groups"][0]["rows"][kernel] == [0]
+  assert record["groups"][0]["rows"][kernel] == [0] and record["groups"][0]["leaves"] == 21
   assert record["groups"][1]["rows"][kernel] == [1]
   assert record["frozen"] == optim.param_counts(
       optim.assign_groups(params, config)[1])["frozen"]
