@@ -56,7 +56,8 @@ def matmul_peak(torch, n: int = 2048, reps: int = 5) -> float:
 
 def run(workload: str, steps: int, warmup: int, tiny: bool) -> dict:
   import torch
-  import transformers
+  from torch_env import import_transformers
+  transformers = import_transformers()
 
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)

@@ -19,6 +19,7 @@ def test_tiny_workload_record():
   assert r["flops_per_s"] == pytest.approx(2_100_864 / r["step_s"])
   assert r["peak_share"] == pytest.approx(r["flops_per_s"] / r["peak_flops_per_s"])
   assert r["memory_source"] == "rss_high_water" and r["peak_memory_bytes"] > 100 * 2 ** 20
+  assert r["compile_s"] == pytest.approx(r["first_step_s"] - r["step_s"]) and r["compile_s"] > 0
 
 
 def test_command_prints_json_lines_and_summary(capsys, tmp_path):

@@ -44,20 +44,25 @@ def test_summary_checks_each_target():
       rec("bert_mlm", step_s=1.0, examples_per_s=32.0, peak_share=0.65),
       rec("peer_bert_mlm", step_s=4.0, examples_per_s=8.0),
       rec("bert_mlm_bf16", step_s=0.8, examples_per_s=40.0),
-      rec("bert_cls", step_s=0.5, examples_per_s=64.0, peak_share=0.5),
+      rec("bert_cls", step_s=0.5, examples_per_s=50.0, peak_share=0.5),
       rec("peer_bert_cls", step_s=0.6, examples_per_s=53.3),
       rec("bert_cls_frozen", step_s=0.2, examples_per_s=160.0),
       rec("input_digits", step_s=0.001, headroom=30.0),
       rec("input_text", step_s=0.2),
       rec("checkpoint", save_blocked_s=0.05),
+      rec("finetune_text_e2e", examples_per_s=12.8, bucketed={"wall_s": 50.0},
+          padded={"wall_s": 80.0}, speedup_vs_padded=1.6),
+      rec("peer_finetune_text_e2e", wall_s=80.0),
   ]
   t = bench.summarize(records)["targets"]
   assert {k: v["met"] for k, v in t.items()} == {
       "bert_mlm_vs_peer": True, "bert_mlm_peak_share": True, "bert_cls_vs_peer": False,
       "bert_cls_peak_share": False, "head_only_step_fraction": True, "bf16_speedup": False,
       "input_digits_headroom": True, "input_text_headroom": False,
-      "checkpoint_blocked_fraction_of_step": True}
+      "checkpoint_blocked_fraction_of_step": True,
+      "e2e_bucketed_vs_padded_examples_per_s": False, "e2e_wall_vs_hf_trainer": True}
   assert t["bert_mlm_vs_peer"]["value"] == 4.0 and t["bf16_speedup"]["value"] == 1.25
+  assert t["e2e_wall_vs_hf_trainer"]["value"] == 50.0 / 80.0
 
 
 def test_missing_peer_python_names_the_setup_script(tmp_path):

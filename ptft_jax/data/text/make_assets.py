@@ -2,6 +2,7 @@
 
   python -m ptft_jax.data.text.make_assets          # everything
   python -m ptft_jax.data.text.make_assets sft      # only assets/sft_tiny
+  python -m ptft_jax.data.text.make_assets ragged   # only assets/reviews_ragged
 
 assets/corpus/python_reference.txt
   The prose of the Python Language Reference help topics that ship with
@@ -14,6 +15,12 @@ assets/sentiment/{train,validation,test}.jsonl
   "positive" / "negative". Some negate ("was not dreadful"), contrast
   ("Although X was dull, Y was superb") or close with a verdict, so word
   counting alone does not solve them. Deterministic (fixed seed).
+assets/reviews_ragged/{train,validation,test}.jsonl
+  Reviews at a realistic, ragged length: each review above (its sentences kept in
+  order) set among 0 to ~12 neighbouring sentences of one corpus document, so a text
+  runs from ~10 to ~230 WordPiece tokens with most of them short (lognormal number of
+  context sentences). The label is the review's. 2000 / 300 / 500, fixed seed. The
+  length-bucket benchmark (`finetune_text_e2e`, configs/ragged_text.py) trains on it.
 assets/sft_tiny/{train,validation,test}.jsonl
   A tiny instruction set, {"prompt": ..., "response": ...} per line, 2000 / 200 / 200,
   five templated tasks in turn with answers checkable by exact match:
@@ -189,6 +196,34 @@ def sentiment_examples(seed: int = 20260103) -> dict[str, list[dict[str, str]]]:
   return out
 
 
+RAGGED_SIZES = {"train": 2000, "validation": 300, "test": 500}
+RAGGED_MAX_CHARS = 900  # ~< 256 WordPiece tokens with the review: nothing is truncated
+
+
+def ragged_review_examples(seed: int = 20260105) -> dict[str, list[dict[str, str]]]:
+  """Distinct reviews set among corpus sentences (see the module docstring), split."""
+  rng = np.random.default_rng(seed)
+  docs = sources.split_documents(open(sources.CORPUS_FILE, encoding="utf-8").read())
+  seen, rows = set(), []
+  while len(rows) < sum(RAGGED_SIZES.values()):
+    review, label = _review(rng)
+    context = int(min(rng.lognormal(0.3, 1.1), 12))  # sentences of surrounding prose
+    doc = docs[int(rng.integers(len(docs)))]
+    start = int(rng.integers(max(len(doc) - context, 0) + 1))
+    prose = doc[start:start + context]
+    while prose and len(" ".join(prose + [review])) > RAGGED_MAX_CHARS:
+      prose = prose[:-1]
+    at = int(rng.integers(len(prose) + 1))
+    text = " ".join(prose[:at] + [review] + prose[at:])
+    if text not in seen:
+      seen.add(text)
+      rows.append({"text": text, "label": label})
+  out, start = {}, 0
+  for split, n in RAGGED_SIZES.items():
+    out[split], start = rows[start:start + n], start + n
+  return out
+
+
 SFT_SIZES = {"train": 2000, "validation": 200, "test": 200}
 SFT_TASKS = ("reverse", "uppercase", "sort", "largest", "add")
 SFT_SPECIALS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>")
@@ -277,7 +312,20 @@ def write_sft_assets():
       f.write(json.dumps(value, indent=2) + "\n")
 
 
+def write_labeled_assets(name: str, splits: dict[str, list[dict[str, str]]]):
+  """assets/<name>/<split>.jsonl, one {"text", "label"} object per line."""
+  for split, rows in splits.items():
+    path = sources.example_path(name, split)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
 def main():
+  if sys.argv[1:] == ["ragged"]:
+    write_labeled_assets("reviews_ragged", ragged_review_examples())
+    print(f"wrote {os.path.dirname(sources.example_path('reviews_ragged', 'train'))}")
+    return
   if sys.argv[1:] == ["sft"]:
     write_sft_assets()
     print(f"wrote {os.path.join(sources.ASSETS, 'sft_tiny')}")
@@ -286,11 +334,8 @@ def main():
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
     f.write(corpus_text())
-  for split, rows in sentiment_examples().items():
-    path = sources.example_path("sentiment", split)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
+  write_labeled_assets("sentiment", sentiment_examples())
+  write_labeled_assets("reviews_ragged", ragged_review_examples())
   write_sft_assets()
   print(f"wrote {sources.ASSETS}")
 

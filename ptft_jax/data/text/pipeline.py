@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 from ptft_jax.data import bundle, pipeline
 from ptft_jax.data.sources import default_data_dir
 from ptft_jax.data.subset import stratified_subset
+from ptft_jax.data.text import buckets as length_buckets
 from ptft_jax.data.text import examples, labels, sft, sources
 from ptft_jax.data.text.hf_tokenizer import load_hf_tokenizer
 from ptft_jax.data.text.tokenizer import Vocab, hf_vocab, make_tokenizer
@@ -76,6 +77,10 @@ def default_config() -> ml_collections.ConfigDict:
       label_fraction=1.0,  # labeled: keep a stratified fraction of the train labels
       label_fraction_seed=0,
       labels_per_class=0,  # labeled: > 0 keeps exactly this many train examples per class
+      # labeled: batches cut to the smallest of these lengths that holds their longest row
+      # (seq_len is always the last); () pads every row to seq_len. See buckets.py.
+      length_buckets=(),
+      bucket_window=32,  # labeled + length_buckets: batches sorted by length together
   ))
 
 
@@ -381,7 +386,13 @@ def _labeled_data(dc, seed, tokenizer, vocab, shard_index, shard_count) -> bundl
                              per_class=per_class)
     train = Columns(train.gather(keep), f"{dc.dataset}/train[{per_class or fraction}]")
   batch_size = pipeline._per_process_batch(dc.batch_size, shard_count)
-  train_it = pipeline._in_memory_iterator(train, seed, batch_size, shard_index, shard_count)
+  buckets = length_buckets.resolve_buckets(dc.get("length_buckets", ()), info.seq_len)
+  if buckets:
+    train_it = length_buckets.bucketed_iterator(
+        train.columns, buckets=buckets, seed=seed, batch_size=batch_size,
+        shard_index=shard_index, shard_count=shard_count, window=int(dc.get("bucket_window", 32)))
+  else:
+    train_it = pipeline._in_memory_iterator(train, seed, batch_size, shard_index, shard_count)
 
   @functools.cache
   def eval_set(split: str) -> dict[str, np.ndarray]:
@@ -389,6 +400,10 @@ def _labeled_data(dc, seed, tokenizer, vocab, shard_index, shard_count) -> bundl
     return encode(texts, pairs, raw, where)
 
   def eval_batches(split: str):
+    if buckets:
+      return length_buckets.bucketed_eval_batches(
+          eval_set(split), buckets=buckets, global_batch_size=dc.eval_batch_size,
+          shard_index=shard_index, shard_count=shard_count)
     return padded_batches(eval_set(split), dc.eval_batch_size, shard_index, shard_count)
 
   return bundle.DataBundle(info=info, train_iterator=train_it, eval_batches=eval_batches)
@@ -471,6 +486,9 @@ def text_data(
   if dc.tokenizer.get("path", "") and dc.format not in ("packed", "sft"):
     raise ConfigError(f"config.data.tokenizer.path: a Hugging Face tokenizer serves formats "
                       f"'packed' and 'sft', not {dc.format!r}")
+  if dc.get("length_buckets", ()) and dc.format != "labeled":
+    raise ConfigError(f"config.data.length_buckets: buckets serve format 'labeled' (packed "
+                      f"rows are full already), not {dc.format!r}; set it to ()")
   shard_index, shard_count = pipeline._shard(shard_index, shard_count)
   if dc.format == "sft":
     return _sft_data(dc, seed, shard_index, shard_count)
