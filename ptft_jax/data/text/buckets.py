@@ -16,8 +16,9 @@ and a resume is exact, as for `pipeline._in_memory_iterator`. Every epoch has
 `len // global_batch` batches; the rows a permutation leaves over come back in the
 next epochs' permutations.
 
-Evaluation (`bucketed_eval_batches`) sorts the whole split by length and batches it
-in that order: every example once, padded rows `valid=False`.
+Evaluation (`bucketed_eval_batches`) sorts the whole split by length, longest first, and
+batches it in that order: every example once, padded rows `valid=False`. Longest first
+because the loop sizes its memory report (and model init) from the first eval batch.
 """
 
 import bisect
@@ -119,7 +120,7 @@ def bucketed_iterator(columns: dict[str, np.ndarray], *, buckets: tuple[int, ...
 def bucketed_eval_batches(columns: dict[str, np.ndarray], *, buckets: tuple[int, ...],
                           global_batch_size: int, shard_index: int, shard_count: int,
                           ) -> Iterator[dict[str, np.ndarray]]:
-  """One pass over `columns` sorted by length, each batch cut to its bucket.
+  """One pass over `columns` sorted by length (longest first), each batch cut to its bucket.
 
   Every process yields the same number of batches with the same shapes; over all
   processes the valid rows are the split, each row once. Padding rows are zeros with
@@ -130,7 +131,7 @@ def bucketed_eval_batches(columns: dict[str, np.ndarray], *, buckets: tuple[int,
                       f"the number of processes ({shard_count})")
   seq_len = buckets[-1]
   lengths = row_lengths(columns)
-  order = np.argsort(lengths, kind="stable")
+  order = np.argsort(-lengths, kind="stable")
   batch_size = global_batch_size // shard_count
   for k in range(math.ceil(len(order) / global_batch_size)):
     rows = order[k * global_batch_size:(k + 1) * global_batch_size]
