@@ -33,8 +33,8 @@ def evaluate_checkpoint(workdir: str, split: str = "test",
   # Params straight into the run's own shardings (config.mesh, config.sharding), as it trained.
   run = inference.load_run(workdir, checkpoint, sharding_=placement.layout(mesh, config=config),
                            info=bundle.info)
-  eval_step = jax.jit(steps.make_eval_step(
-      run.model, run.task, compute_dtype=precision.compute_dtype(config)))
+  eval_step = jax.jit(sharding.traced_in(mesh, steps.make_eval_step(
+      run.model, run.task, compute_dtype=precision.compute_dtype(config))))
   variables = dict(run.variables)
   state = {"params": variables.pop("params"), "model_state": variables}
   result = evaluate(eval_step, state, split, task=run.task, bundle=bundle, mesh=mesh)

@@ -53,6 +53,7 @@ from ptft_jax.models.heads import (
   NextSentenceHead,
   SequenceClassificationHead,
 )
+from ptft_jax.parallel.sharding import constrain_batch
 
 __all__ = [
   "BertEncoder",
@@ -324,6 +325,11 @@ class TransformerLayer(nn.Module):
   """Attention + MLP with residuals; post- or pre-LayerNorm per `config.pre_norm`.
 
   `scanned`: the body of an nn.scan, so it returns `(x, None)` (carry, no output).
+
+  The input and output `[batch, seq, hidden]` keep their batch split over the mesh's
+  batch axes when a mesh is in context (`sharding.constrain_batch`): in a scanned stack
+  GSPMD would otherwise split them like the fsdp weights (hidden split, batch whole),
+  5x the memory at fsdp 8 (docs/scaling.md).
   """
 
   config: TransformerConfig
@@ -334,6 +340,7 @@ class TransformerLayer(nn.Module):
                train: bool, decode: bool = False):
     # `train` and `decode` are positional so nn.remat can treat them as static (static_argnums).
     cfg = self.config
+    x = constrain_batch(x)
     attention = Attention(cfg, name="attention")
     attention_norm = _layer_norm("attention_norm", cfg)
     mlp = Mlp(cfg, name="mlp")
@@ -346,6 +353,7 @@ class TransformerLayer(nn.Module):
     else:
       x = attention_norm(x + drop(attend(x)))
       x = output_norm(x + drop(mlp(x)))
+    x = constrain_batch(x)
     return (x, None) if self.scanned else x
 
 

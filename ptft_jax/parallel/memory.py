@@ -17,6 +17,16 @@ and m = 1 byte for each dropout mask (0 without dropout):
 
 (for d = 2, m = 1, I = 4h, t = 1 the first is the paper's s*b*h*(34 + 5*a*s/h)).
 
+A scanned stack (`model.scan_layers`, one `nn.scan` = one XLA while loop) differs in
+two ways, both read off the compiled fsdp=8 train steps of configs/bert.py:tiny and
+gpt.py:tiny (docs/scaling.md): with remat "none" every residual of one layer's
+linearization is a stacked [num_layers, ...] output of the forward loop, which XLA
+cannot fuse away as it does in the unrolled program: 12 hidden-sized and 4
+intermediate-sized tensors per layer where the count above has 8 and 2, so
+`+ 4d*s*b*h + 2d*s*b*I/t` per layer (remat "full" and "dots_saveable" keep what the
+policy says); and the fsdp-split weights are all-gathered inside the loop body, one
+layer at a time, so the gathered copies of a stacked leaf are one row of it, not all.
+
 `estimate(...)` is the whole step, per device, checked against XLA's own
 buffer assignment (`compiled.memory_analysis()`: arguments + outputs - aliased
 + temporaries; tests/unit/test_memory_analysis.py, within 20% for BERT and GPT
@@ -37,7 +47,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, AxisType
 
 from ptft_jax.errors import ConfigError
-from ptft_jax.parallel.sharding import MESH_AXES, Layout, batch_divisor
+from ptft_jax.parallel.sharding import MESH_AXES, Layout, batch_divisor, param_path
 
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 LOGITS_COPIES = 3  # float32 logits, their softmax, their gradient (XLA keeps all three live)
@@ -65,10 +75,11 @@ def per_device_bytes(tree, shardings) -> int:
 def transformer_activation_bytes(*, batch: int, seq_len: int, hidden: int, intermediate: int,
                                  heads: int, layers: int, dtype_bytes: int = 4,
                                  dropout: bool = True, tensor: int = 1,
-                                 remat: str = "none") -> int:
+                                 remat: str = "none", scanned: bool = False) -> int:
   """Activations kept for the backward pass of `layers` transformer layers (bytes, per device).
 
-  `batch` is the per-device (micro)batch; see the module docstring for the formula.
+  `batch` is the per-device (micro)batch; `scanned`: the layers are one nn.scan. See the
+  module docstring for the formula.
   """
   s, b, h, i, a, d, t = seq_len, batch, hidden, intermediate, heads, dtype_bytes, tensor
   m = 1 if dropout else 0
@@ -76,7 +87,10 @@ def transformer_activation_bytes(*, batch: int, seq_len: int, hidden: int, inter
   none = s * b * h * (4 * d + 2 * m) + (s * b * (4 * d * h + 2 * d * i) + scores * (
       d + m + d * m)) / t
   if remat == "none":
-    per_layer, extra = none, 0
+    # A scan's residuals are materialized per layer (module docstring): 4 more [s, b, h]
+    # and 2 more [s, b, I] tensors than the unrolled layer's count.
+    scan_residuals = 4 * d * s * b * h + 2 * d * s * b * i / t if scanned else 0
+    per_layer, extra = none + scan_residuals, 0
   elif remat == "dots_saveable":
     per_layer, extra = 2 * d * s * b * h + d * (s * b * (4 * h + i) + scores) / t, 0
   elif remat == "full":
@@ -84,6 +98,28 @@ def transformer_activation_bytes(*, batch: int, seq_len: int, hidden: int, inter
   else:
     raise ValueError(f"remat {remat!r} is not one of {REMAT_POLICIES}")
   return int(layers * per_layer + extra)
+
+
+def _stacked(path: str) -> bool:
+  """A leaf of a scanned layer stack: `.../layers/...` with a leading [num_layers] axis."""
+  return "layers" in path.split("/")[:-1]
+
+
+def gathered_bytes(params, shardings) -> int:
+  """Bytes of the all-gathered copies of fsdp / tensor-split params live during a step.
+
+  Whole minus own shard for each leaf, except a scanned stack's leaves (`.../layers/...`),
+  which a scan's loop body gathers one layer (row) at a time.
+  """
+  total = 0
+  for (key_path, x), s in zip(jax.tree_util.tree_leaves_with_path(params),
+                              jax.tree_util.tree_leaves(shardings), strict=True):
+    shape = np.shape(x)
+    whole = int(np.prod(shape))
+    missing = (whole - int(np.prod(s.shard_shape(shape)))) * np.dtype(x.dtype).itemsize
+    path = param_path(key_path)
+    total += missing // shape[0] if _stacked(path) and len(shape) > 1 else missing
+  return total
 
 
 def _fmt(n: float) -> str:
@@ -123,6 +159,7 @@ def _transformer_shape(config, layout: Layout, example: Mapping[str, Any]) -> di
       dropout=float(mc.get("dropout_rate", 0.1)) > 0 or float(
           mc.get("attention_dropout_rate", 0.1)) > 0,
       tensor=layout.mesh.shape["tensor"], remat=mc.get("remat", "none"),
+      scanned=bool(mc.get("scan_layers", False)),
       logit_tokens=batch * positions.get(task.get("name", ""), 0),
       vocab=int(mc.get("vocab_size", 0)))
 
@@ -135,7 +172,7 @@ def _activation_terms(shape: dict | None, remat: str | None = None) -> dict[str,
       batch=shape["batch"], seq_len=shape["seq_len"], hidden=shape["hidden"],
       intermediate=shape["intermediate"], heads=shape["heads"], layers=shape["layers"],
       dtype_bytes=2 if shape["bf16"] else 4, dropout=shape["dropout"], tensor=shape["tensor"],
-      remat=remat or shape["remat"])
+      remat=remat or shape["remat"], scanned=shape["scanned"])
   return {"activations": act,
           "logits": LOGITS_COPIES * 4 * shape["logit_tokens"] * shape["vocab"] // shape["tensor"]}
 
@@ -172,8 +209,9 @@ def estimate(state: Mapping[str, Any], layout: Layout, trainable=None, *, config
       "gradients": grad_bytes,
       "optimizer update": grad_bytes,  # optax's updates tree, before apply_updates
       # Sharded (fsdp / tensor) weights are all-gathered for the forward and backward
-      # passes; XLA keeps the gathered copies live between them, so count them whole.
-      "gathered weights": tree_bytes(params) - per_device_bytes(params, shardings["params"]),
+      # passes; XLA keeps the gathered copies live between them, so count them whole
+      # (a scanned stack: one layer's, gathered inside the loop).
+      "gathered weights": gathered_bytes(params, shardings["params"]),
   }
   if config is not None:
     parts.update(_activation_terms(_transformer_shape(config, layout, example or {}), remat))

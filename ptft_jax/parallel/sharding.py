@@ -31,9 +31,19 @@ model code, and the same table shards the optimizer state: the optax state
 leaves that mirror a parameter (Adam's mu and nu, EMA weights) sit under that
 parameter's own path, so `Layout.shardings` gives them the parameter's
 sharding by reading the trailing dict keys of each leaf's path.
+
+Activations. A model may pin its activations' batch axis to the batch axes
+(`constrain_batch`, e.g. the residual stream between transformer layers); that
+needs the mesh in context while the step is traced, which `traced_in(mesh, fn)`
+provides (the train loop jits its steps through it). Without a mesh in context
+the constraint does nothing. Why: inside a scanned layer stack (a while loop)
+GSPMD otherwise takes the activations' layout from the fsdp-split weights
+(hidden split, batch whole) and all-gathers activations instead of weights; see
+docs/scaling.md.
 """
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -296,6 +306,35 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over fsdp x data (BATCH_AXES)."""
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def traced_in(mesh, fn: Callable) -> Callable:
+  """`fn` traced with `mesh` in context (its abstract mesh), for `constrain_batch`.
+
+  Wrap a step before `jax.jit`: `jax.jit(traced_in(mesh, step), ...)`.
+  """
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """`x` `[batch, ...]` with its batch split over BATCH_AXES of the mesh in context.
+
+  Unchanged when no mesh is in context (see `traced_in`), when the batch axes are
+  all of size 1, or when they do not divide the batch. The other dimensions are
+  whole (replicated over tensor, as the residual stream is in Megatron layers).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not x.ndim:
+    return x
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+  size = int(np.prod([mesh.shape[a] for a in axes]))
+  if not axes or x.shape[0] % size:
+    return x
+  return jax.lax.with_sharding_constraint(x, PartitionSpec(axes))
 
 
 def batch_divisor(mesh: Mesh) -> int:

@@ -102,11 +102,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     say(f"resumed from {checkpoint.checkpoint_dir(workdir)} at step {int(state['step'])}")
 
   # --- compiled steps ------------------------------------------------------------------------
-  train_step = jax.jit(
-      steps.make_train_step(model, task, tx, trainable=trainable, nan_policy=nan_policy,
-                            **ft.step_kwargs()),
+  # Traced with the mesh in context: the model keeps its activations split over the batch.
+  train_step = jax.jit(sharding.traced_in(mesh, steps.make_train_step(
+      model, task, tx, trainable=trainable, nan_policy=nan_policy, **ft.step_kwargs())),
       donate_argnums=(0,), out_shardings=(layout.state_shardings(state), None))
-  eval_step = jax.jit(steps.make_eval_step(model, task, **ft.step_kwargs(train=False)))
+  eval_step = jax.jit(sharding.traced_in(
+      mesh, steps.make_eval_step(model, task, **ft.step_kwargs(train=False))))
   run_evaluation = functools.partial(evaluate, eval_step, task=task, bundle=bundle, mesh=mesh)
   writer = writers.MetricWriter(workdir, tensorboard=config.train.get("tensorboard", True),
                                 start_step=int(state["step"]))  # drops rows it will log again
