@@ -534,12 +534,15 @@ def run_trainer_peer(python: str, opts: Options) -> dict:
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   wall = time.perf_counter() - t0
-  records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  # Trainer prints its own Python dicts to stdout; the record is the JSON line.
+  records = [json.loads(line) for line in proc.stdout.splitlines()
+             if line.startswith('{"workload"')]
   if proc.returncode or not records:
     tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
     return _record("peer_finetune_text_e2e", error=f"exit {proc.returncode}: {tail}")
-  return _record("peer_finetune_text_e2e", examples_per_s=steps * batch / wall,
-                 **records[-1] | {"wall_s": wall, "workload": "peer_finetune_text_e2e"})
+  fields = {k: v for k, v in records[-1].items() if k != "workload"}
+  return _record("peer_finetune_text_e2e", **fields | {
+      "wall_s": wall, "examples_per_s": steps * batch / wall})
 
 
 COMPILE_DEPTHS = (4, 48)
