@@ -1,4 +1,4 @@
-"""Shared test setup: 8 simulated CPU devices, a private data dir, opt-in speed fixtures.
+"""Shared test setup: 8 simulated CPU devices, a private data dir and XLA compilation cache.
 
 Plain helpers (configs by name, tiny configs, flat trees) live in tests/helpers.py.
 Tiers: tests/unit (pure functions and one-step models; `pytest -q tests/unit`, about a
@@ -28,23 +28,41 @@ def _data_dir(tmp_path_factory):
     os.environ["PTFT_DATA_DIR"] = old
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  """XLA's persistent cache for a module whose runs re-jit the same few programs.
+_CACHE_KEYS = {"jax_compilation_cache_dir": "JAX_COMPILATION_CACHE_DIR",
+               "jax_persistent_cache_min_compile_time_secs":
+                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+               "jax_persistent_cache_min_entry_size_bytes":
+                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"}
 
-  Use with `pytestmark = pytest.mark.usefixtures("compile_cache")`.
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+  """One XLA persistent compilation cache for the whole session, in a pytest tmp dir.
+
+  Tests and the CLI processes they start (which inherit the environment) compile the
+  same small programs again and again: the digits step, `all_finite`, orbax's slices.
+  Every program is cached (no minimum compile time or size). Tests that count
+  compilations count the "Compiling" lines logged before the cache is looked up, and
+  tests/unit/test_stages.py sets its own directory, so neither is fooled by it. Nothing
+  goes to ~/.cache.
   """
   from jax.experimental.compilation_cache import compilation_cache
 
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-          "jax_persistent_cache_min_entry_size_bytes")
-  old = {k: getattr(jax.config, k) for k in keys}
-  for k, v in zip(keys, (str(tmp_path_factory.mktemp("xla_cache")), 0, 0), strict=True):
-    jax.config.update(k, v)
+  path = str(tmp_path_factory.mktemp("xla_cache"))
+  old_config = {k: getattr(jax.config, k) for k in _CACHE_KEYS}
+  old_env = {v: os.environ.get(v) for v in _CACHE_KEYS.values()}
+  for (key, env), value in zip(_CACHE_KEYS.items(), (path, 0, 0), strict=True):
+    jax.config.update(key, value)
+    os.environ[env] = str(value)
   compilation_cache.reset_cache()
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
+  yield path
+  for key, value in old_config.items():
+    jax.config.update(key, value)
+  for env, value in old_env.items():
+    if value is None:
+      os.environ.pop(env, None)
+    else:
+      os.environ[env] = value
   compilation_cache.reset_cache()
 
 
