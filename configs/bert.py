@@ -11,6 +11,10 @@ vocab=/path/to/vocab.txt,data_dir=/data/tfds --workdir=runs/bert_base
 
 Then fine-tune: `configs/glue.py:task=sst2,init=runs/bert_tiny` (see docs/text.md).
 
+Layers are one nn.scan (`config.model.scan_layers=True`, params under `layers/`); the
+`:tiny` figures below were measured with looped layers (`--config.model.scan_layers=False`,
+whose initial weights differ), before scanning became the default.
+
 Expected (measured on this project's 2-core CPU, seed 0): `:tiny` (600 steps,
 1.0M parameters) reaches validation MLM accuracy 0.126, MLM perplexity 302, NSP
 accuracy 0.566 (test 0.152 / 249 / 0.619); look at <workdir>/eval_validation.json
@@ -20,9 +24,10 @@ measured on this machine.
 Expected, `large` (BERT-large: 24 layers x 1024, 16 heads, FFN 4096, 336,226,108
 parameters with the MLM and NSP heads; sequence 512, global batch 256; fsdp over all
 devices, remat=full, bfloat16 compute): on 8 devices of 16 GiB (32 sequences per
-device) memory.estimate gives ~4.7 GiB per device: state 646 MiB + update 162 MiB +
-gathered weights 1.1 GiB + activations 1.9 GiB + logits 894 MiB; remat=none would need
-30.5 GiB. Computed, not measured on such hardware. `large,tiny` (2 layers x 64,
+device) memory.estimate gives ~3.7 GiB per device: state 646 MiB + update 162 MiB +
+gathered weights 155 MiB (scanned layers: one layer gathered at a time; looped 1.1 GiB,
+4.7 GiB in all) + activations 1.9 GiB + logits 894 MiB; remat=none would need 38.6 GiB
+(30.5 looped). Computed, not measured on such hardware. `large,tiny` (2 layers x 64,
 4 heads, sequence 64, batch 16, the same mesh, remat and dtype) trains 2 steps on 8
 simulated CPU devices with fsdp=8, loss finite (tests/e2e/test_scale_configs.py).
 
@@ -73,7 +78,10 @@ def model_config(variant: str, vocab_size: int, v: dict | None = None
       intermediate_size=4 * v["hidden_size"], max_position_embeddings=512,
       type_vocab_size=2, dropout_rate=0.1, attention_dropout_rate=0.1,
       # "full" | "dots_saveable": recompute activations (memory.py); large: full
-      remat="full" if variant == "large" else "none"))
+      remat="full" if variant == "large" else "none",
+      # one nn.scan over the layers: compile time flat in depth; params under layers/
+      # [num_layers, ...] (docs/scaling.md); False: layer_{i}/ as HF names them
+      scan_layers=True))
 
 
 def get_config(arg: str = "mini"):
