@@ -21,7 +21,7 @@ from tests.e2e.test_bad_input import _one_error_line, run_main
 from tests.e2e.test_portable_runs import tiny_text_config
 from tests.helpers import FIXTURES
 
-pytestmark = pytest.mark.usefixtures("compile_cache")
+pytestmark = pytest.mark.usefixtures("compile_cache", "fast_prng_compile")
 
 IMAGE_RUN = f"{FIXTURES}/run_before_layout"  # a digits MLP: 8 x 8 x 1 images
 BAD_LINE = b'{"text": "a \xff\xfe b", "label": "neg"}\n'

@@ -27,7 +27,7 @@ from ptft_jax.models.transformer import BertEncoder, TransformerConfig
 from ptft_jax.train import checkpoint
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.usefixtures("compile_cache")
+pytestmark = pytest.mark.usefixtures("compile_cache", "fast_prng_compile")
 
 FAST = ["--config.model.hidden_sizes=(32,)", "--config.train.steps=2",
         "--config.train.eval_every=0", "--config.train.log_every=1",

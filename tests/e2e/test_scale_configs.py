@@ -21,6 +21,8 @@ from ptft_jax.parallel import memory, sharding
 from ptft_jax.train import loop, steps
 from tests.helpers import load_config
 
+pytestmark = pytest.mark.usefixtures("fast_prng_compile")
+
 
 def abstract_run(config, devices: int = 8):
   """(state, layout, example) of `config` as ShapeDtypeStructs on an abstract fsdp mesh.
