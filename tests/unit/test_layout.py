@@ -91,7 +91,9 @@ ALLOWED = {
     "config": {"train"},  # workdir.py asks train.checkpoint whether a run exists (late)
     "parallel": set(),
     "data": set(),
-    "models": set(),
+    # The transformer pins its activations to the batch split of the mesh in context
+    # (parallel.sharding.constrain_batch), as MaxText's layers do.
+    "models": {"parallel"},
     "tasks": {"models", "data"},
     "optim": {"models"},
     "train": {"config", "data", "models", "tasks", "optim", "parallel", "convert"},
