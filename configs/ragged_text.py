@@ -19,9 +19,9 @@ Arguments: tiny (a few steps, for tests), steps=N (40), batch=N (16), seed=N, sc
 (the layers as one scanned stack, default 1: half the compile time per bucket),
 only=bucketed|padded|minilm (run just that stage, after the import; the benchmark
 times each stage as its own command).
-Expected (2-core CPU, seed 0): test accuracy within noise of each other for the two
-stages (0.9 or more), the bucketed stage several times faster (docs/performance.md has
-the measured figures).
+Expected (measured on this project's quiet 2-core CPU, seed 0): test accuracy 0.962
+bucketed vs 0.942 padded; run as separate commands (`only=`), 51 s vs 104 s wall each
+(the benchmark; HF Trainer on the same data and steps: 70 s, docs/performance.md).
 """
 
 import dataclasses
