@@ -129,7 +129,10 @@ class Generator:
     self.mesh = mesh
     self.chat_prompts = chat_prompts
     self.compiles = 0
-    self._run = jax.jit(self._generate, static_argnames=("new_bucket",))
+    # With a mesh, traced in its context so the layers keep their activations batch-split
+    # (sharding.constrain_batch), as in training.
+    generate = self._generate if mesh is None else sharding.traced_in(mesh, self._generate)
+    self._run = jax.jit(generate, static_argnames=("new_bucket",))
 
   # -- the jitted program ---------------------------------------------------------------
 

@@ -201,7 +201,9 @@ class Predictor:
                                                   bool(getattr(run.info, "lowercase", True)))
     self.traces = 0
     self._dtype = precision.compute_dtype(run.config)
-    self._forward = jax.jit(self._apply)
+    # Traced with the mesh in context: a scanned stack pins its activations to the batch
+    # split (sharding.constrain_batch) instead of letting fsdp split them like weights.
+    self._forward = jax.jit(sharding.traced_in(mesh, self._apply))
     self._in_sharding = sharding.batch_sharding(mesh)
 
   def _apply(self, variables: dict, batch: dict) -> jax.Array:

@@ -110,3 +110,32 @@ def test_a_config_that_does_not_fit_says_so_and_what_would():
   with pytest.raises(ConfigError, match=r"no fsdp up to 8 devices or remat fits: lower "
                                         r"config.data.batch_size"):
     memory.check_fits(state, layout, trainable, config=config, example=example)
+
+
+def test_prediction_traced_in_the_mesh_keeps_activations_batch_split():
+  """The predictor's forward (and the generator's) is traced with the mesh in context, as the
+  train step is: without it a scanned stack at fsdp=8 runs every activation at the full batch.
+  Measured: 34.2 MB of temporaries per device plain, 5.9 MB traced in the mesh."""
+  import ml_collections
+  import numpy as np
+
+  from ptft_jax.models import heads
+
+  config = ml_collections.ConfigDict(dict(
+      name="bert", vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4,
+      intermediate_size=512, max_position_embeddings=128, scan_layers=True))
+  model = build_model(config, {"classifier": heads.SequenceClassificationHead(2)})
+  mesh = sharding.make_mesh({"fsdp": 8})
+  ids = np.zeros((64, 128), np.int32)
+  batch = {"input_ids": ids, "attention_mask": ids + 1, "token_type_ids": ids}
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))["params"]
+  place = lambda tree, shardings: jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+  abstract_params = place(params, sharding.param_shardings(params, mesh))
+  abstract_batch = place(batch, jax.tree_util.tree_map(
+      lambda _: sharding.batch_sharding(mesh), batch))
+  forward = lambda p, b: model.apply({"params": p}, b, train=False)["classifier"]
+  temp = {name: jax.jit(fn).lower(abstract_params, abstract_batch).compile()
+          .memory_analysis().temp_size_in_bytes
+          for name, fn in (("plain", forward), ("traced", sharding.traced_in(mesh, forward)))}
+  assert temp["traced"] < temp["plain"] / 3, temp
