@@ -118,3 +118,12 @@ def test_a_batch_larger_than_the_data_is_one_line():
   with pytest.raises(ConfigError, match="batch_size=512 is larger than the 200"):
     lb.bucketed_iterator(_columns(), buckets=BUCKETS, seed=0, batch_size=512, shard_index=0,
                          shard_count=1)
+
+
+def test_buckets_on_a_format_without_padding_is_one_line():
+  from ptft_jax.data.text import pipeline
+
+  config = pipeline.pretraining_config(format="packed", seq_len=32, batch_size=4, vocab_size=64)
+  config.length_buckets = (16,)
+  with pytest.raises(ConfigError, match="buckets serve format 'labeled'.*not 'packed'"):
+    pipeline.text_data(config, seed=0)
