@@ -17,6 +17,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.label_fraction = 1.0  # < 1: a stratified subset of the train labels
   c.data.label_fraction_seed = 0
   c.data.labels_per_class = 0  # > 0: exactly this many train labels per class (image data)
+  c.data.worker_count = 0  # Grain processes decoding records (0: the training process)
+  c.data.validation_split = "validation"  # e.g. "train[90%:]" for datasets without one
+  c.data.test_split = "test"
+  # Image folders (`--config.data.source=folder --config.data.root=DIR` on any image config;
+  # ptft_jax/data/image_folder.py): class folders or <split>.csv/.jsonl under `root`.
+  c.data.source = "tfds"  # tfds | folder
+  c.data.root = ""
+  c.data.holdout = 0.1  # folder without a validation split: stratified fraction of train
+  c.data.holdout_seed = 0
+  c.data.bad_images = "stop"  # stop | skip unreadable files
+  # Image preprocessing over the pretrained workdir's preprocessing.json (empty / 0: inherit;
+  # a folder without either: resize 256, crop 224).
+  c.data.preprocessing = ml_collections.ConfigDict(dict(
+      mean=(), std=(), resize=0, crop=0, interpolation=""))
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"

@@ -53,7 +53,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ptft_jax.data import bundle, pipeline, preprocessing
+from ptft_jax.data import bundle, embedded, pipeline, preprocessing
 from ptft_jax.data.preprocessing import Preprocessing
 from ptft_jax.data.sources import DatasetInfo, user_jsonl_objects, user_text_lines
 from ptft_jax.data.subset import InMemory, Subset, stratified_subset
@@ -636,7 +636,12 @@ def folder_data(dc: ml_collections.ConfigDict, seed: int, prep: Preprocessing | 
   splits = {"train": len(train)}
   if held_out and fraction > 0:
     splits["validation"] = len(validation_rows)
-  info = DatasetInfo(name=dc.get("dataset", "") or root, image_shape=(crop, crop, 3),
+  # A folder run from an image config keeps base_config's embedded TFDS name ("digits")
+  # unless it sets one: name the folder then.
+  name = dc.get("dataset", "")
+  if not name or embedded.is_embedded(name):
+    name = os.path.basename(os.path.normpath(root)) or root
+  info = DatasetInfo(name=name, image_shape=(crop, crop, 3),
                      num_classes=len(classes), label_names=list(classes), splits=splits,
                      preprocessing=prep)
   return bundle.DataBundle(info=info, train_iterator=train_it, eval_batches=eval_batches)

@@ -509,3 +509,21 @@ def test_imagenet_frozen_config(tmp_path):
   with pytest.raises(ValueError, match="model_config.json is not a ResNet's"):
     load_config("resnet", f"imagenet_frozen,init={init},data={root}")
   assert load_config("resnet", f"linear,tiny,data={root}").data.source == "folder"
+
+
+def test_any_image_config_reads_a_folder_by_setting_source_and_root(tmp_path):
+  """`--config.data.source=folder --config.data.root=DIR` on a config built on base_config()
+  (e.g. configs/digits.py): the keys exist there, and the run is named after the folder,
+  not after the embedded dataset the defaults name."""
+  from ptft_jax import base_config
+
+  root = _folder(tmp_path / "pets", splits=("train", "validation"))
+  config = base_config()
+  config.data.source, config.data.root = "folder", root
+  config.data.batch_size = config.data.eval_batch_size = 8
+  config.data.preprocessing.resize, config.data.preprocessing.crop = 12, 8
+  bundle = data.make_data(config.data, 0, preprocessing=data.resolve_preprocessing(config))
+  assert bundle.info.name == "pets" and bundle.info.label_names == ["cat", "dog"]
+  assert next(bundle.train_iterator)["image"].shape == (8, 8, 8, 3)
+  images, labels = _all_rows(bundle, "validation")
+  assert len(images) == len(labels) == 12
