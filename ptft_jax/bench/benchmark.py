@@ -473,6 +473,8 @@ def _train_tokens(stage: str, opts: Options) -> tuple[int, int]:
 
   from ptft_jax.data.text import text_data
 
+  if REPO not in sys.path:  # the config imports its siblings as `configs.common`
+    sys.path.insert(0, REPO)
   spec = importlib.util.spec_from_file_location("ragged_text", E2E_CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
