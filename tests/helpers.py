@@ -1,6 +1,7 @@
 """What tests share: the repository path, configs by name, tiny digits configs, flat trees."""
 
 import importlib
+import logging
 import os
 
 import jax
@@ -12,6 +13,22 @@ from ptft_jax.utils import flat_paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+class CompileLog(logging.Handler):
+  """JAX's "Compiling jit(NAME) with global shapes ..." lines (with `jax_log_compiles` on):
+  `names` the jitted functions' names, `messages` the whole lines (they carry the shapes)."""
+
+  def __init__(self):
+    super().__init__()
+    self.names: list[str] = []
+    self.messages: list[str] = []
+
+  def emit(self, record):
+    message = record.getMessage()
+    if message.startswith("Compiling jit("):
+      self.names.append(message[len("Compiling jit("):].split(")")[0])
+      self.messages.append(message)
 
 
 def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:

@@ -16,19 +16,11 @@ from ptft_jax import data, train
 from ptft_jax.inference import predictor as inference
 from ptft_jax.train import steps
 from tests.e2e.test_portable_runs import tiny_text_config
+from tests.helpers import CompileLog
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
 
 
-class _Compiles(logging.Handler):
-  def __init__(self):
-    super().__init__()
-    self.shapes: list[str] = []
-
-  def emit(self, record):
-    message = record.getMessage()
-    if message.startswith("Compiling jit(train_step)"):
-      self.shapes.append(message)
 
 
 def _padded_evaluation(workdir: str) -> tuple[np.ndarray, float, set]:
@@ -57,7 +49,7 @@ def test_buckets_compile_once_each_and_evaluate_like_padding(tmp_path, monkeypat
   config.data.batch_size = 8
   config.data.bucket_window = 4
   jax.clear_caches()  # an earlier test may have compiled the same shapes
-  compiles = _Compiles()
+  compiles = CompileLog()
   logging.getLogger("jax").addHandler(compiles)
   was_logging = jax.config.jax_log_compiles
   jax.config.update("jax_log_compiles", True)
@@ -67,8 +59,10 @@ def test_buckets_compile_once_each_and_evaluate_like_padding(tmp_path, monkeypat
     logging.getLogger("jax").removeHandler(compiles)
     jax.config.update("jax_log_compiles", was_logging)
   # Four steps over buckets 16 / 32 / 48: one program per width used, at least two widths.
-  assert 2 <= len(compiles.shapes) <= 3
-  assert len(set(compiles.shapes)) == len(compiles.shapes)
+  train_steps = [m for n, m in zip(compiles.names, compiles.messages, strict=True)
+                 if n == "train_step"]
+  assert 2 <= len(train_steps) <= 3
+  assert len(set(train_steps)) == len(train_steps)  # each with other shapes
   # The loop's final evaluation ran bucketed; the same params padded to seq_len agree.
   padded, accuracy, widths = _padded_evaluation(str(tmp_path / "run"))
   assert widths == {48} and len(padded) == 400  # every test review once

@@ -12,17 +12,7 @@ import pytest
 from jax._src import array as jax_array
 
 from ptft_jax import base_config, train
-
-
-class _Compiles(logging.Handler):
-  def __init__(self):
-    super().__init__()
-    self.names: list[str] = []
-
-  def emit(self, record):
-    message = record.getMessage()
-    if message.startswith("Compiling jit("):
-      self.names.append(message[len("Compiling jit("):].split(")")[0])
+from tests.helpers import CompileLog
 
 
 @pytest.fixture()
@@ -31,7 +21,7 @@ def spied_run(tmp_path, monkeypatch):
   # An earlier test in this process may have compiled the very same step; JAX would then
   # reuse it from its in-memory cache without a "Compiling" line to count.
   jax.clear_caches()
-  compiles = _Compiles()
+  compiles = CompileLog()
   logging.getLogger("jax").addHandler(compiles)
   was_logging = jax.config.jax_log_compiles
   jax.config.update("jax_log_compiles", True)

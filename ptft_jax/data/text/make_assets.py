@@ -183,15 +183,20 @@ SENTIMENT_SIZES = {"train": 400, "validation": 150, "test": 400}
 
 def sentiment_examples(seed: int = 20260103) -> dict[str, list[dict[str, str]]]:
   """Distinct generated reviews, split into SENTIMENT_SIZES."""
-  rng = np.random.default_rng(seed)
+  return _distinct_splits(_review, np.random.default_rng(seed), SENTIMENT_SIZES)
+
+
+def _distinct_splits(make, rng: np.random.Generator,
+                     sizes: dict[str, int]) -> dict[str, list[dict[str, str]]]:
+  """`make(rng) -> (text, label)` until there are enough distinct texts, cut into `sizes`."""
   seen, rows = set(), []
-  while len(rows) < sum(SENTIMENT_SIZES.values()):
-    text, label = _review(rng)
+  while len(rows) < sum(sizes.values()):
+    text, label = make(rng)
     if text not in seen:
       seen.add(text)
       rows.append({"text": text, "label": label})
   out, start = {}, 0
-  for split, n in SENTIMENT_SIZES.items():
+  for split, n in sizes.items():
     out[split], start = rows[start:start + n], start + n
   return out
 
@@ -202,10 +207,10 @@ RAGGED_MAX_CHARS = 900  # ~< 256 WordPiece tokens with the review: nothing is tr
 
 def ragged_review_examples(seed: int = 20260105) -> dict[str, list[dict[str, str]]]:
   """Distinct reviews set among corpus sentences (see the module docstring), split."""
-  rng = np.random.default_rng(seed)
-  docs = sources.split_documents(open(sources.CORPUS_FILE, encoding="utf-8").read())
-  seen, rows = set(), []
-  while len(rows) < sum(RAGGED_SIZES.values()):
+  with open(sources.CORPUS_FILE, encoding="utf-8") as f:
+    docs = sources.split_documents(f.read())
+
+  def ragged_review(rng: np.random.Generator) -> tuple[str, str]:
     review, label = _review(rng)
     context = int(min(rng.lognormal(0.3, 1.1), 12))  # sentences of surrounding prose
     doc = docs[int(rng.integers(len(docs)))]
@@ -214,14 +219,9 @@ def ragged_review_examples(seed: int = 20260105) -> dict[str, list[dict[str, str
     while prose and len(" ".join(prose + [review])) > RAGGED_MAX_CHARS:
       prose = prose[:-1]
     at = int(rng.integers(len(prose) + 1))
-    text = " ".join(prose[:at] + [review] + prose[at:])
-    if text not in seen:
-      seen.add(text)
-      rows.append({"text": text, "label": label})
-  out, start = {}, 0
-  for split, n in RAGGED_SIZES.items():
-    out[split], start = rows[start:start + n], start + n
-  return out
+    return " ".join(prose[:at] + [review] + prose[at:]), label
+
+  return _distinct_splits(ragged_review, np.random.default_rng(seed), RAGGED_SIZES)
 
 
 SFT_SIZES = {"train": 2000, "validation": 200, "test": 200}
