@@ -467,18 +467,23 @@ def e2e_arg(opts: Options) -> str:
   return "tiny" if opts.tiny else ""
 
 
-def _train_tokens(stage: str, opts: Options) -> tuple[int, int]:
-  """(real, padded) tokens of the stage's training batches, from its own data pipeline."""
+def _e2e_stage(stage: str, opts: Options):
+  """configs/ragged_text.py's config of `stage` (the benchmark's one source of settings)."""
   import importlib.util
-
-  from ptft_jax.data.text import text_data
 
   if REPO not in sys.path:  # the config imports its siblings as `configs.common`
     sys.path.insert(0, REPO)
   spec = importlib.util.spec_from_file_location("ragged_text", E2E_CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(e2e_arg(opts)).stages[stage]
+  return module.get_config(e2e_arg(opts)).stages[stage]
+
+
+def _train_tokens(stage: str, opts: Options) -> tuple[int, int]:
+  """(real, padded) tokens of the stage's training batches, from its own data pipeline."""
+  from ptft_jax.data.text import text_data
+
+  config = _e2e_stage(stage, opts)
   it = text_data(config.data, config.seed).train_iterator
   batches = [next(it) for _ in range(config.train.steps)]
   return (sum(int(b["attention_mask"].sum()) for b in batches),
@@ -530,9 +535,11 @@ def run_trainer_peer(python: str, opts: Options) -> dict:
     return _record("peer_finetune_text_e2e", error=f"--peer-python {python}: no such file; "
                    "run `bash launch/setup_torch_peer.sh` or pass --peer-python")
   data = os.path.dirname(sources.example_path("reviews_ragged", "train"))
-  steps, batch = (3, 4) if opts.tiny else (40, 16)
+  ours = _e2e_stage("bucketed", opts)  # the same steps, batch and learning rate
+  steps, batch = ours.train.steps, ours.data.batch_size
   cmd = [python, TRAINER_PEER_SCRIPT, "--model", minilm_dir(), "--data", data,
-         "--steps", str(steps), "--batch", str(batch)]
+         "--steps", str(steps), "--batch", str(batch), "--lr", str(ours.optim.lr),
+         "--seq-len", str(ours.data.seq_len), "--seed", str(ours.seed)]
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   wall = time.perf_counter() - t0

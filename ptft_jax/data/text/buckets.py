@@ -31,7 +31,7 @@ import numpy as np
 
 from ptft_jax.errors import ConfigError
 
-# Columns whose second axis is the sequence (cut to the bucket); others pass whole.
+# The column whose nonzero entries mark a row's tokens (row lengths come from it).
 MASK_COLUMN = "attention_mask"
 
 
