@@ -3,6 +3,10 @@
 Plain helpers (configs by name, tiny configs, flat trees) live in tests/helpers.py.
 Tiers: tests/unit (pure functions and one-step models; `pytest -q tests/unit`, about a
 minute) and tests/e2e (whole runs, the CLI, kills, several processes).
+
+The README's test commands run two pytest-xdist workers (`-n 2`): most of the suite's time
+is XLA compiling programs that occur once, on one thread, so two processes keep both cores of
+the reference machine busy. Without `-n`, the tests run in this one process.
 """
 
 import os
@@ -15,10 +19,24 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 
+def _session_shared_dir(tmp_path_factory, name: str):
+  """A directory all xdist workers of this session share (this process's own without xdist)."""
+  if "PYTEST_XDIST_WORKER" not in os.environ:
+    return tmp_path_factory.mktemp(name)
+  path = tmp_path_factory.getbasetemp().parent / name  # the workers' common parent
+  path.mkdir(exist_ok=True)
+  return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _data_dir(tmp_path_factory):
-  """Every test prepares the embedded datasets into one private directory."""
-  path = os.environ.get("PTFT_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("datasets"))
+  """Every test prepares the embedded datasets into one private directory.
+
+  xdist workers share it: `ptft_jax.data.embedded.prepare` holds a file lock per dataset, so
+  one worker prepares and the other waits, then reads.
+  """
+  path = (os.environ.get("PTFT_TEST_DATA_DIR")
+          or str(_session_shared_dir(tmp_path_factory, "datasets")))
   old = os.environ.get("PTFT_DATA_DIR")
   os.environ["PTFT_DATA_DIR"] = path
   yield path
@@ -32,7 +50,11 @@ _CACHE_KEYS = {"jax_compilation_cache_dir": "JAX_COMPILATION_CACHE_DIR",
                "jax_persistent_cache_min_compile_time_secs":
                    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
                "jax_persistent_cache_min_entry_size_bytes":
-                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"}
+                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+               "jax_compilation_cache_max_size": "JAX_COMPILATION_CACHE_MAX_SIZE"}
+# A size limit is what makes JAX lock the cache directory (filelock) around each read and
+# write; without it a worker could read an entry another worker is still writing.
+_CACHE_MAX_BYTES = 8 << 30
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,17 +63,19 @@ def compile_cache(tmp_path_factory):
 
   Tests and the CLI processes they start (which inherit the environment) compile the
   same small programs again and again: the digits step, `all_finite`, orbax's slices.
-  Every program is cached (no minimum compile time or size). Tests that count
+  Every program is cached (no minimum compile time or size); xdist workers share the
+  cache, so a program compiled in one is read by the other. Tests that count
   compilations count the "Compiling" lines logged before the cache is looked up, and
   tests/unit/test_stages.py sets its own directory, so neither is fooled by it. Nothing
   goes to ~/.cache.
   """
   from jax.experimental.compilation_cache import compilation_cache
 
-  path = str(tmp_path_factory.mktemp("xla_cache"))
+  path = str(_session_shared_dir(tmp_path_factory, "xla_cache"))
   old_config = {k: getattr(jax.config, k) for k in _CACHE_KEYS}
   old_env = {v: os.environ.get(v) for v in _CACHE_KEYS.values()}
-  for (key, env), value in zip(_CACHE_KEYS.items(), (path, 0, 0), strict=True):
+  values = (path, 0, 0, _CACHE_MAX_BYTES)
+  for (key, env), value in zip(_CACHE_KEYS.items(), values, strict=True):
     jax.config.update(key, value)
     os.environ[env] = str(value)
   compilation_cache.reset_cache()

@@ -16,8 +16,15 @@ FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
 
 class CompileLog(logging.Handler):
-  """JAX's "Compiling jit(NAME) with global shapes ..." lines (with `jax_log_compiles` on):
-  `names` the jitted functions' names, `messages` the whole lines (they carry the shapes)."""
+  """JAX's "Compiling jit(NAME) with global shapes ..." lines: `names` the jitted functions'
+  names, `messages` the whole lines (they carry the shapes).
+
+  Use as `with CompileLog() as compiles:`. It clears JAX's in-memory caches first (an
+  earlier test in the process may have compiled the very same program, which JAX would then
+  reuse without a line to count), turns `jax_log_compiles` on, and lets the "jax" logger
+  pass warnings even when an earlier in-process CLI call set absl's verbosity (the root
+  logger's level) to ERROR.
+  """
 
   def __init__(self):
     super().__init__()
@@ -29,6 +36,21 @@ class CompileLog(logging.Handler):
     if message.startswith("Compiling jit("):
       self.names.append(message[len("Compiling jit("):].split(")")[0])
       self.messages.append(message)
+
+  def __enter__(self) -> "CompileLog":
+    jax.clear_caches()
+    logger = logging.getLogger("jax")
+    self._restore = (logger.level, jax.config.jax_log_compiles)
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(self)
+    jax.config.update("jax_log_compiles", True)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    logger = logging.getLogger("jax")
+    logger.removeHandler(self)
+    logger.setLevel(self._restore[0])
+    jax.config.update("jax_log_compiles", self._restore[1])
 
 
 def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:

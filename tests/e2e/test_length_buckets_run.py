@@ -6,7 +6,6 @@ the batches use, and the run's own (bucketed) test evaluation equals a padded
 (seq_len) evaluation of the same params.
 """
 
-import logging
 
 import jax
 import numpy as np
@@ -48,16 +47,8 @@ def test_buckets_compile_once_each_and_evaluate_like_padding(tmp_path, monkeypat
   config.data.length_buckets = (16, 32)
   config.data.batch_size = 8
   config.data.bucket_window = 4
-  jax.clear_caches()  # an earlier test may have compiled the same shapes
-  compiles = CompileLog()
-  logging.getLogger("jax").addHandler(compiles)
-  was_logging = jax.config.jax_log_compiles
-  jax.config.update("jax_log_compiles", True)
-  try:
+  with CompileLog() as compiles:
     result = train.train_and_evaluate(config, str(tmp_path / "run"))
-  finally:
-    logging.getLogger("jax").removeHandler(compiles)
-    jax.config.update("jax_log_compiles", was_logging)
   # Four steps over buckets 16 / 32 / 48: one program per width used, at least two widths.
   train_steps = [m for n, m in zip(compiles.names, compiles.messages, strict=True)
                  if n == "train_step"]

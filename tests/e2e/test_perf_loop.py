@@ -5,7 +5,6 @@ conversion goes through (np.asarray, float, int, jax.device_get); the CPU backen
 ignores `jax.transfer_guard`, so the guard cannot be used for this.
 """
 
-import logging
 
 import jax
 import pytest
@@ -18,14 +17,6 @@ from tests.helpers import CompileLog
 @pytest.fixture()
 def spied_run(tmp_path, monkeypatch):
   """Runs an 8-step digits loop (log / eval / save every 4) under three spies."""
-  # An earlier test in this process may have compiled the very same step; JAX would then
-  # reuse it from its in-memory cache without a "Compiling" line to count.
-  jax.clear_caches()
-  compiles = CompileLog()
-  logging.getLogger("jax").addHandler(compiles)
-  was_logging = jax.config.jax_log_compiles
-  jax.config.update("jax_log_compiles", True)
-
   reads = [0]
   real_value = jax_array.ArrayImpl._value
 
@@ -66,11 +57,8 @@ def spied_run(tmp_path, monkeypatch):
   c.train.log_every = c.train.eval_every = c.train.checkpoint_every = 4
   c.train.tensorboard = False
   c.eval_splits = ("validation",)
-  try:
+  with CompileLog() as compiles:
     train.train_and_evaluate(c, str(tmp_path))
-  finally:
-    logging.getLogger("jax").removeHandler(compiles)
-    jax.config.update("jax_log_compiles", was_logging)
   return compiles.names, reads_after_step, donated
 
 
