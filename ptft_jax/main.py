@@ -6,7 +6,8 @@ r"""Command line: run a config-file experiment.
 A user error prints one line and exits with status 2 (add --debug for the traceback).
 SIGTERM saves the current step and exits 0; the same command resumes. A workdir
 holding a run with a different config is refused unless --overwrite, which moves
-the old run aside to `<workdir>.old-<timestamp>`.
+the old run aside to `<workdir>.old-<timestamp>`. --workdir may be a gs://bucket/path
+(Orbax writes the checkpoints there, ptft_jax its JSON files; gcsfs is needed).
 
 Multi-host: run the same command on every host with --multihost (TPU VM slices,
 SLURM; see launch/), or with --coordinator_address, --num_processes and
@@ -22,7 +23,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, logs and results (a path, or gs://bucket/path).")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "If --workdir holds a run with a different config, move it aside to "
@@ -55,10 +57,7 @@ def _main(argv):
   absl_logging.set_verbosity(absl_logging.INFO if _DEBUG.value else absl_logging.ERROR)
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required (the directory for this run's outputs)")
-  if re.match(r"^[a-z][a-z0-9+.-]*://", _WORKDIR.value):
-    raise ConfigError(f"--workdir={_WORKDIR.value}: remote workdirs are not supported (ptft_jax "
-                      "writes config.json, metrics.jsonl and its checkpoint bookkeeping with "
-                      "local file operations); use a local or mounted path")
+  _check_remote_workdir(_WORKDIR.value)
   if multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                           _MULTIHOST.value):  # before anything asks jax for devices
     from ptft_jax.train import preemption
@@ -75,6 +74,27 @@ def _main(argv):
     raise ConfigError("--config is required to train (--mode=eval reads the workdir's config)")
   _check_task_keys(_CONFIG.value)
   train.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+
+
+def _check_remote_workdir(workdir: str):
+  """A URL workdir: gs:// only (the one store tested, against a fake GCS), with gcsfs."""
+  from ptft_jax.errors import ConfigError
+  from ptft_jax.utils import REMOTE_SCHEMES, is_remote
+
+  if not is_remote(workdir):
+    return
+  scheme = workdir.split("://", 1)[0]
+  if scheme not in REMOTE_SCHEMES:
+    raise ConfigError(f"--workdir={workdir}: {scheme}:// workdirs are not supported; use a "
+                      "local or mounted path, or gs://bucket/path")
+  if not re.match(r"^gs://[^/]+/[^/]", workdir):
+    raise ConfigError(f"--workdir={workdir}: name a path inside the bucket, "
+                      "gs://BUCKET/PATH (a run does not take a whole bucket)")
+  try:
+    import gcsfs  # noqa: F401 -- fsspec's gs:// file system, which ptft_jax's files go through
+  except ImportError:
+    raise ConfigError(f"--workdir={workdir}: a gs:// workdir needs the gcsfs package "
+                      "(pip install -r requirements.txt)") from None
 
 
 def _check_task_keys(config):

@@ -1,6 +1,8 @@
-"""The workdir's saved config: `<workdir>/config.json` written, compared on resume, moved aside."""
+"""The workdir's saved config: `<workdir>/config.json` written, compared on resume, moved aside.
 
-import json
+A workdir is a local path or a gs:// URL (the file helpers of ptft_jax.utils).
+"""
+
 import os
 import time
 from typing import Any
@@ -12,7 +14,14 @@ from jax.experimental import multihost_utils
 from ptft_jax.config.defaults import base_config
 from ptft_jax.config.keys import suggest_key  # noqa: F401 -- kept importable from here
 from ptft_jax.errors import ConfigError
-from ptft_jax.utils import write_json_atomic
+from ptft_jax.utils import (
+  is_remote,
+  make_dirs,
+  move_path,
+  path_exists,
+  read_json,
+  write_json_atomic,
+)
 
 CONFIG_FILE = "config.json"
 
@@ -47,12 +56,11 @@ def workdir_config_changes(config: ml_collections.ConfigDict, workdir: str) -> l
   from ptft_jax.train import checkpoint  # late: keeps this module light
 
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path) or not checkpoint.complete_steps(workdir):
+  if not path_exists(path) or not checkpoint.complete_steps(workdir):
     return []
   new = to_dict(config)
   try:
-    with open(path) as f:
-      old = json.load(f)
+    old = read_json(path)
   except (OSError, ValueError) as e:
     raise ConfigError(f"{path}: unreadable ({e}); it records the run in that workdir: "
                       "restore it, or use a new --workdir") from None
@@ -76,15 +84,19 @@ def _at(tree, dotted: str):
 
 
 def move_workdir_aside(workdir: str) -> str:
-  """Renames `workdir` to `<workdir>.old-<timestamp>` (never deletes); returns the new path."""
+  """Renames `workdir` to `<workdir>.old-<timestamp>` (never deletes); returns the new path.
+
+  A gs:// workdir is copied object by object and then deleted (`move_path`).
+  """
   stamp = time.strftime("%Y%m%d-%H%M%S")
-  target = f"{workdir.rstrip(os.sep)}.old-{stamp}"
+  base = workdir.rstrip("/" if is_remote(workdir) else os.sep)
+  target = f"{base}.old-{stamp}"
   n = 1
-  while os.path.exists(target):
+  while path_exists(target):
     n += 1
-    target = f"{workdir.rstrip(os.sep)}.old-{stamp}-{n}"
+    target = f"{base}.old-{stamp}-{n}"
   if jax.process_index() == 0:
-    os.rename(workdir, target)
+    move_path(workdir, target)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("ptft_jax.move_aside")
   return target
@@ -109,6 +121,6 @@ def write_or_check_workdir_config(config: ml_collections.ConfigDict, workdir: st
     moved = move_workdir_aside(workdir)
   path = os.path.join(workdir, CONFIG_FILE)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    make_dirs(workdir)
     write_json_atomic(path, to_dict(config), sort_keys=True)
   return moved

@@ -11,7 +11,6 @@ used as it is.
 
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -20,7 +19,7 @@ import ml_collections
 from ptft_jax.data import preprocessing
 from ptft_jax.data.sources import read_user_text
 from ptft_jax.errors import DataError
-from ptft_jax.utils import write_json_atomic
+from ptft_jax.utils import absolute_path, copy_file_atomic, is_file, write_json_atomic
 
 LABELS_FILE = "labels.json"
 VOCAB_FILE = "vocab.txt"  # a text run's vocabulary, copied into the workdir
@@ -68,7 +67,7 @@ def write_labels_json(workdir: str, config: ml_collections.ConfigDict, info: Any
     names = HF_TOKENIZER_FILES if name != VOCAB_FILE else ()
     _copy_atomic(vocab.path, os.path.join(workdir, name))
     for side in names[1:]:
-      if os.path.isfile(os.path.join(folder, side)):
+      if is_file(os.path.join(folder, side)):
         _copy_atomic(os.path.join(folder, side), os.path.join(workdir, side))
   if getattr(info, "preprocessing", None) is not None:
     # The run's own record: resuming and later stages use it without the pretrained workdir.
@@ -83,16 +82,14 @@ def _copy_name(vocab_path: str) -> str:
 
 
 def _copy_atomic(source: str, target: str) -> None:
-  if os.path.abspath(source) != os.path.abspath(target):
-    tmp = f"{target}.tmp.{os.getpid()}"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+  if absolute_path(source) != absolute_path(target):
+    copy_file_atomic(source, target)
 
 
 def read_labels_json(workdir: str) -> dict | None:
   """The record `write_labels_json` wrote, or None when the run has none."""
   path = os.path.join(workdir, LABELS_FILE)
-  if not os.path.isfile(path):
+  if not is_file(path):
     return None
   try:
     return json.loads(read_user_text(path, LABELS_FILE))

@@ -30,7 +30,7 @@ import os
 from typing import Any
 
 from ptft_jax.errors import ConfigError, DataError
-from ptft_jax.utils import write_json_atomic
+from ptft_jax.utils import absolute_path, is_file, read_json, read_text, write_json_atomic
 
 PREPROCESSING_FILE = "preprocessing.json"
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -142,8 +142,7 @@ def _check(values: dict[str, Any], where: str, error=DataError) -> dict[str, Any
 def read_preprocessing(path: str) -> dict[str, Any]:
   """The validated fields of a `preprocessing.json` (DataError naming the file and key)."""
   try:
-    with open(path, encoding="utf-8") as f:
-      values = json.load(f)
+    values = json.loads(read_text(path))
   except (OSError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: cannot read it ({e})") from None
   except ValueError as e:
@@ -182,10 +181,9 @@ def resolve(config, workdir: str = "") -> Preprocessing:
   override = _from_config(config.get("data"))
   base, origin = {}, ""
   own = os.path.join(workdir, PREPROCESSING_FILE) if workdir else ""
-  if own and os.path.isfile(own) and _recorded_source(own) == _source(init, override):
+  if own and is_file(own) and _recorded_source(own) == _source(init, override):
     base, origin = read_preprocessing(own), own
-  elif init and not init.startswith("@") and os.path.isfile(
-      os.path.join(init, PREPROCESSING_FILE)):
+  elif init and not init.startswith("@") and is_file(os.path.join(init, PREPROCESSING_FILE)):
     origin = os.path.join(init, PREPROCESSING_FILE)
     base = read_preprocessing(origin)
   if "crop" in override and "resize" not in override and base.get("resize") and base.get("crop"):
@@ -202,15 +200,14 @@ def resolve(config, workdir: str = "") -> Preprocessing:
 
 def _source(init: str, override: dict) -> dict:
   """What a resolution started from: the pretrained workdir (absolute) and the config's fields."""
-  return {"init": os.path.abspath(init) if init else "",
+  return {"init": absolute_path(init) if init else "",
           "config": {k: list(v) if isinstance(v, tuple) else v for k, v in override.items()}}
 
 
 def _recorded_source(path: str) -> dict | None:
   """The `_source` a run's own record was resolved from (None when unreadable)."""
   try:
-    with open(path, encoding="utf-8") as f:
-      record = json.load(f)
+    record = read_json(path)
     return {"init": record.get("init", ""), "config": record.get("config", {})}
   except (OSError, ValueError, AttributeError):
     return None

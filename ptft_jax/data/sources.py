@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from ptft_jax.data import embedded
 from ptft_jax.errors import DataError
+from ptft_jax.utils import read_bytes
 
 DATA_DIR_ENV = "PTFT_DATA_DIR"
 
@@ -156,10 +157,9 @@ def read_user_text(path: str, what: str) -> str:
   file, line and column of the first byte that is not UTF-8.
   """
   try:
-    with open(path, "rb") as f:
-      raw = f.read()
+    raw = read_bytes(path)  # a local path, or a gs:// URL (a labels.json of a gs:// run)
   except OSError as e:
-    raise DataError(f"{what}: cannot read {path!r} ({e.strerror})") from None
+    raise DataError(f"{what}: cannot read {path!r} ({e.strerror or e})") from None
   try:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as e:

@@ -18,13 +18,13 @@ from ptft_jax.optim import precision
 from ptft_jax.parallel import sharding
 from ptft_jax.train import placement, steps
 from ptft_jax.train.loop import evaluate
-from ptft_jax.utils import write_json_atomic
+from ptft_jax.utils import absolute_path, write_json_atomic
 
 
 def evaluate_checkpoint(workdir: str, split: str = "test",
                         checkpoint: str | int = "latest") -> tuple[dict, str]:
   """Metrics of `checkpoint` of the run in `workdir` on `split`; returns (metrics, JSON path)."""
-  workdir = os.path.abspath(workdir)
+  workdir = absolute_path(workdir)  # a gs:// run as it is
   config = inference.read_config(workdir)
   mesh = sharding.make_mesh(config.get("mesh"))
   sharding.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")

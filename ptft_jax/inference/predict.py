@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 from ptft_jax.errors import DataError, UserError
+from ptft_jax.utils import write_text_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -164,12 +165,9 @@ def predict_file(predictor, input_path: str, *, strict: bool = False,
 
 
 def write_jsonl(path: str, rows: list[dict]) -> None:
-  """Writes `rows` as JSONL atomically (a crash leaves the old file or the new one)."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
+  """Writes `rows` as JSONL atomically (a crash leaves the old file or the new one); `path`
+  may be a gs:// URL, e.g. beside a gs:// run."""
+  write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def main(argv=None) -> int:

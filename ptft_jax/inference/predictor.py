@@ -47,6 +47,7 @@ from ptft_jax.optim import lora, precision
 from ptft_jax.parallel import sharding
 from ptft_jax.train import checkpoint as ckpt
 from ptft_jax.train import placement
+from ptft_jax.utils import absolute_path, is_file
 
 log = logging.getLogger("ptft_jax")
 
@@ -59,7 +60,7 @@ MIN_BUCKET = 32
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in `<workdir>/config.json`."""
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  if not is_file(path):
     raise ConfigError(f"--workdir {workdir}: no {CONFIG_FILE} (not a ptft_jax run; for a staged "
                       "config, name one stage's directory, e.g. RUN/<stage>)")
   try:
@@ -91,7 +92,7 @@ def load_run(workdir: str, which: str | int = "latest", *, sharding_=None,
   `info` (the dataset info) defaults to the one in `labels.json`; runs older
   than labels.json rebuild it from their data config.
   """
-  workdir = os.path.abspath(workdir)
+  workdir = absolute_path(workdir)  # a gs:// run as it is
   config = read_config(workdir)
   if "stages" in config:
     raise ConfigError(f"--workdir {workdir} holds a staged run; name one stage's directory, "
@@ -337,6 +338,6 @@ def load_predictor(workdir: str, checkpoint: str | int = "latest", *,
   """
   if mesh is None:
     mesh = sharding.make_mesh({"data": -1}, devices=jax.local_devices())
-  layout = placement.layout(mesh, config=read_config(os.path.abspath(workdir)))
+  layout = placement.layout(mesh, config=read_config(absolute_path(workdir)))
   run = load_run(workdir, checkpoint, sharding_=layout)
   return Predictor(run, mesh, batch_size=batch_size, max_length=max_length)

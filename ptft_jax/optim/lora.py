@@ -33,7 +33,6 @@ best checkpoint) holds merged, plain params; the run's own checkpoints keep
 the adapters so it resumes exactly.
 """
 
-import json
 import os
 import re
 from typing import Any
@@ -44,7 +43,7 @@ import ml_collections
 
 from ptft_jax.errors import CheckpointError, ConfigError
 from ptft_jax.models import layout
-from ptft_jax.utils import flat_paths, tree_paths
+from ptft_jax.utils import flat_paths, read_json, tree_paths
 
 LORA = "lora"
 
@@ -164,8 +163,7 @@ def merge_loaded(params: dict, workdir: str) -> dict:
     return params
   path = os.path.join(workdir, "config.json")
   try:
-    with open(path) as f:
-      alpha = float(json.load(f)["lora"]["alpha"])
+    alpha = float(read_json(path)["lora"]["alpha"])
   except (OSError, KeyError, TypeError, ValueError):
     raise CheckpointError(
         f"{workdir} holds LoRA adapters but {path} gives no lora.alpha to merge them; "

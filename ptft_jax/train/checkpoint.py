@@ -9,7 +9,8 @@ what it needs:
 
 Saves are asynchronous and committed atomically by Orbax: a step is written to
 `<step>.orbax-checkpoint-tmp*`, gets `commit_success.txt`, and is renamed to
-`<step>`. Only steps holding `commit_success.txt` count as complete
+`<step>` (on gs://, which has no atomic rename, Orbax writes `<step>` directly and
+`commit_success.txt` last). Only steps holding `commit_success.txt` count as complete
 (`complete_steps`); a writable manager first removes what a kill left behind (a
 tmp directory, or a step that an interrupted cleanup half deleted). A failure of
 the background commit surfaces as a CheckpointError at the next `save` or `wait`.
@@ -19,7 +20,6 @@ topology restores on another.
 
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +30,17 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from ptft_jax.errors import CheckpointError, ConfigError
-from ptft_jax.utils import flat_paths, path_str, tree_paths, unflatten_paths
+from ptft_jax.utils import (
+  absolute_path,
+  flat_paths,
+  is_dir,
+  is_file,
+  list_dir,
+  path_str,
+  remove_tree,
+  tree_paths,
+  unflatten_paths,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"  # <workdir>/best: the best validation checkpoint (early_stopping.py)
@@ -39,16 +49,17 @@ TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  """`<workdir>/checkpoints`, absolute (a gs:// workdir as it is)."""
+  return os.path.join(absolute_path(workdir), CHECKPOINT_DIR)
 
 
 def complete_steps(workdir: str) -> list[int]:
   """Steps of `<workdir>/checkpoints` that Orbax finished committing, ascending."""
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not is_dir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and os.path.isfile(os.path.join(directory, n, COMMIT_FILE)))
+  return sorted(int(n) for n in list_dir(directory)
+                if n.isdigit() and is_file(os.path.join(directory, n, COMMIT_FILE)))
 
 
 def remove_incomplete(workdir: str) -> list[str]:
@@ -59,14 +70,14 @@ def remove_incomplete(workdir: str) -> list[str]:
   old step killed half way). Neither is ever read as a checkpoint.
   """
   directory = checkpoint_dir(workdir)
-  if jax.process_index() != 0 or not os.path.isdir(directory):
+  if jax.process_index() != 0 or not is_dir(directory):
     return []
   removed = []
-  for name in sorted(os.listdir(directory)):
+  for name in sorted(list_dir(directory)):
     path = os.path.join(directory, name)
-    partial = name.isdigit() and not os.path.isfile(os.path.join(path, COMMIT_FILE))
-    if os.path.isdir(path) and (TMP_MARK in name or partial):
-      shutil.rmtree(path)
+    partial = name.isdigit() and not is_file(os.path.join(path, COMMIT_FILE))
+    if (TMP_MARK in name or partial) and is_dir(path):
+      remove_tree(path)
       removed.append(name)
   return removed
 
@@ -322,7 +333,7 @@ def load_params(workdir: str, *, step: int | None = None, sharding=None) -> tupl
       a function `(path "params/backbone/...", jax.ShapeDtypeStruct) -> Sharding`.
   """
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not is_dir(directory):
     raise CheckpointError(
         f"no checkpoints in {workdir!r} (expected {directory}); "
         "check config.init.pretrained_workdir")

@@ -19,7 +19,6 @@ with `metric` naming a validation metric (e.g. "accuracy", "loss"); "" is off.
 """
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import orbax.checkpoint as ocp
 
 from ptft_jax.errors import ConfigError
 from ptft_jax.train import checkpoint
-from ptft_jax.utils import write_json_atomic
+from ptft_jax.utils import path_exists, read_json, write_json_atomic
 
 BEST_DIR = checkpoint.BEST_DIR
 BEST_FILE = "best.json"
@@ -106,10 +105,8 @@ class BestKeeper:
     self.best_dir = os.path.join(workdir, BEST_DIR)
     self.history: list[dict] = []
     path = os.path.join(workdir, HISTORY_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        old = json.load(f)
-      for record in old:
+    if path_exists(path):
+      for record in read_json(path):
         if record["step"] <= start_step:
           self.history.append(record)
           rule.update(record["step"], record["value"])

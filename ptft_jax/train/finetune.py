@@ -26,7 +26,7 @@ from ptft_jax.optim import lora, precision
 from ptft_jax.optim import optimizer as optim
 from ptft_jax.parallel import sharding
 from ptft_jax.train import checkpoint
-from ptft_jax.utils import write_json_atomic
+from ptft_jax.utils import is_dir, write_json_atomic
 
 MERGED_DIR = "merged"
 PARAMS_FILE = "param_groups.json"
@@ -86,7 +86,7 @@ class FineTuning:
     if not self.lora:
       return None
     out = os.path.join(workdir, MERGED_DIR)
-    if os.path.isdir(checkpoint.checkpoint_dir(out)):
+    if is_dir(checkpoint.checkpoint_dir(out)):
       return None
     exported = self.export(state)
     return checkpoint.save_pretrained(

@@ -29,7 +29,7 @@ from ptft_jax.models import build_model
 from ptft_jax.parallel import memory, sharding
 from ptft_jax.train import checkpoint, early_stopping, finetune, preemption, steps, writers
 from ptft_jax.train.nonfinite import NonFiniteGuard, all_finite
-from ptft_jax.utils import write_json_atomic
+from ptft_jax.utils import absolute_path, is_remote, real_path, write_json_atomic
 
 
 def say(msg: str):
@@ -49,7 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `preemption.Preempted`; a non-finite loss raises NonFiniteError after the saves
   already started have finished.
   """
-  workdir = os.path.abspath(workdir)
+  workdir = absolute_path(workdir)  # a gs:// URL stays one
   _check_not_in_pretrained(config, workdir)
   nan_policy = config.train.get("nan_policy", "stop")
   if nan_policy not in ("stop", "skip"):
@@ -126,6 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if keeper and keeper.stopped:  # a resumed run that had stopped early
       break
     if preemption.should_stop(step - 1):  # SIGTERM arrived: save this step, exit 0
+      writer.flush()  # the rows up to the saved step (a gs:// metrics.jsonl uploads when due)
       saver.save_and_raise_preempted(state)
     batch = tasks.model_batch(task, next(bundle.train_iterator))
     state, step_metrics = train_step(state, sharding.host_to_global(batch, mesh))
@@ -157,10 +158,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           say(f"early stopping at step {step}: no {keeper.rule.metric} improvement in "
               f"{keeper.rule.patience} evaluations (best {keeper.rule.best:.4g} at step "
               f"{keeper.rule.best_step})")
+          writer.flush()
           stop_error = saver.save(state)
           break
     if step % tc.checkpoint_every == 0 or last:
       t0 = time.perf_counter()
+      writer.flush()
       stop_error = saver.save(state)
       if stop_error:
         break
@@ -181,6 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   for split in config.get("eval_splits", ("validation", "test")):
     final[split] = run_evaluation(final_state, split, should_stop=preemption.requested)
     if final[split] is None:  # training is saved; a restart runs only this evaluation
+      writer.flush()
       saver.save_and_raise_preempted(state)
     writer.write(total_steps, _scalars(final[split]), split=f"final_{split}")
     if jax.process_index() == 0:
@@ -253,8 +257,9 @@ def _check_not_in_pretrained(config: ml_collections.ConfigDict, workdir: str):
   pretrained = config.init.pretrained_workdir
   if not pretrained:
     return
-  pretrained, workdir = os.path.realpath(pretrained), os.path.realpath(workdir)
-  if workdir == pretrained or workdir.startswith(pretrained + os.sep):
+  pretrained, workdir = real_path(pretrained), real_path(workdir)
+  sep = "/" if is_remote(pretrained) else os.sep
+  if workdir == pretrained or workdir.startswith(pretrained + sep):
     raise ConfigError(
         f"--workdir {workdir} is config.init.pretrained_workdir or inside it; a fine-tuning run "
         "must write to its own workdir (the pretrained run is only read)")

@@ -14,7 +14,6 @@ model that fits only sharded loads the same way it trains.
 """
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +27,7 @@ from ptft_jax.models.transformer import TransformerConfig
 from ptft_jax.optim import lora
 from ptft_jax.parallel import sharding
 from ptft_jax.train import checkpoint
+from ptft_jax.utils import absolute_path, is_file, read_json
 
 MODEL_CONFIG_FILE = "model_config.json"  # what convert.workdir writes next to imported weights
 TASK_CONFIG_FILE = "task_config.json"  # ... and, for decoders, the task that continues them
@@ -80,14 +80,13 @@ def load_params(path: str | os.PathLike, *, mesh: Mesh | None = None,
     (`{"backbone": ..., "heads": ...}`). A run's model_state (BatchNorm
     statistics) is in `pj.checkpoint.load_params`.
   """
-  path = os.path.abspath(os.fspath(path))
+  path = absolute_path(path)  # a gs:// run as it is
   target = layout(mesh, rules) if mesh is not None else None
   config_file = os.path.join(path, "config.json")
   hf = None
-  if os.path.isfile(config_file):
+  if is_file(config_file):
     try:
-      with open(config_file) as f:
-        hf = json.load(f)
+      hf = read_json(config_file)
     except (OSError, ValueError) as e:
       raise CheckpointError(f"{config_file}: unreadable ({e})") from None
   if isinstance(hf, dict) and "model_type" in hf:  # a Hugging Face directory
@@ -96,7 +95,7 @@ def load_params(path: str | os.PathLike, *, mesh: Mesh | None = None,
     return hf_convert.load_hf(path, placement=placer(target) if target is not None else None)
   if isinstance(hf, dict):  # a ptft_jax run
     model_config = ml_collections.ConfigDict(hf).get("model")
-  elif os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
+  elif is_file(os.path.join(path, MODEL_CONFIG_FILE)):
     model_config = read_model_config(path)
   else:
     raise CheckpointError(f"{path}: neither a ptft_jax run (config.json), an imported workdir "
@@ -107,8 +106,7 @@ def load_params(path: str | os.PathLike, *, mesh: Mesh | None = None,
 
 def _read_json(path: str):
   try:
-    with open(path) as f:
-      return json.load(f)
+    return read_json(path)
   except (OSError, ValueError) as e:
     raise CheckpointError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
 
@@ -131,4 +129,4 @@ def read_model_config(workdir: str | os.PathLike) -> TransformerConfig | ml_coll
 def read_task_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict | None:
   """`task_config.json` of an imported workdir (decoder imports), or None if absent."""
   path = os.path.join(os.fspath(workdir), TASK_CONFIG_FILE)
-  return ml_collections.ConfigDict(_read_json(path)) if os.path.isfile(path) else None
+  return ml_collections.ConfigDict(_read_json(path)) if is_file(path) else None

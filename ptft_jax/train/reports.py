@@ -12,12 +12,21 @@ r"""What a staged run reports: the summary table, validation curves, the strateg
 """
 
 import contextlib
+import io
 import json
 import os
 import sys
 
 from ptft_jax.errors import UserError
-from ptft_jax.utils import write_json_atomic, write_text_atomic
+from ptft_jax.utils import (
+  is_file,
+  list_dir,
+  read_json,
+  read_text,
+  write_bytes_atomic,
+  write_json_atomic,
+  write_text_atomic,
+)
 
 
 def collect(workdir: str, stages: list[str]) -> list[dict]:
@@ -26,10 +35,8 @@ def collect(workdir: str, stages: list[str]) -> list[dict]:
   for name in stages:
     stage_dir = os.path.join(workdir, name)
     try:
-      with open(os.path.join(stage_dir, "eval_test.json")) as f:
-        result = json.load(f)
-      with open(os.path.join(stage_dir, "param_groups.json")) as f:
-        params = json.load(f)
+      result = read_json(os.path.join(stage_dir, "eval_test.json"))
+      params = read_json(os.path.join(stage_dir, "param_groups.json"))
     except FileNotFoundError:
       continue
     if "accuracy" not in result:
@@ -63,7 +70,9 @@ def _png_axes(out_path: str):
   try:
     yield ax
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    png = io.BytesIO()  # then written whole: out_path may be a gs:// URL
+    fig.savefig(png, format="png", dpi=100)
+    write_bytes_atomic(out_path, png.getvalue())
   finally:
     plt.close(fig)
 
@@ -104,7 +113,7 @@ def main(argv: list[str]) -> int:
     return 2
   workdir = argv[1]
   stages = argv[2:] or sorted(
-      d for d in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, d, "eval_test.json")))
+      d for d in list_dir(workdir) if is_file(os.path.join(workdir, d, "eval_test.json")))
   try:
     print(write_strategy_report(workdir, stages))
   except (UserError, OSError) as e:
@@ -135,15 +144,14 @@ def read_metrics(workdir: str, split: str = "validation") -> list[dict]:
   """
   path = os.path.join(workdir, "metrics.jsonl")
   by_step: dict = {}
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:  # torn by a kill mid-write
-        continue
-      if record.get("split") == split:
-        by_step.pop(record.get("step"), None)  # re-inserted last: the resumed run's place
-        by_step[record.get("step")] = record
+  for line in io.StringIO(read_text(path), newline=None):  # lines as a text file has them
+    try:
+      record = json.loads(line)
+    except ValueError:  # torn by a kill mid-write
+      continue
+    if record.get("split") == split:
+      by_step.pop(record.get("step"), None)  # re-inserted last: the resumed run's place
+      by_step[record.get("step")] = record
   return list(by_step.values())
 
 

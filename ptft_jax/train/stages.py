@@ -18,7 +18,7 @@ from ptft_jax.config.workdir import move_workdir_aside, to_dict, workdir_config_
 from ptft_jax.errors import ConfigError
 from ptft_jax.train import reports
 from ptft_jax.train.loop import say, train_and_evaluate
-from ptft_jax.utils import write_json_atomic
+from ptft_jax.utils import is_file, is_remote, make_dirs, write_json_atomic
 
 COMPILATION_CACHE_DIR = "xla_cache"  # <workdir>/xla_cache: compiled programs the stages share
 
@@ -45,7 +45,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = Fa
         "use a new --workdir, or pass --overwrite to move the old run aside")
   if changes:
     say(f"--overwrite: moved the earlier run in {workdir} to {move_workdir_aside(workdir)}")
-  os.makedirs(workdir, exist_ok=True)
+  make_dirs(workdir)
   results = {}
   with _compilation_cache(os.path.join(workdir, COMPILATION_CACHE_DIR)):
     for name, stage in stages.items():
@@ -80,13 +80,14 @@ def _compilation_cache(directory: str):
   Stages of one config compile the same programs again and again (every seed and
   label budget of configs/label_efficiency.py fine-tunes the same model); the
   cache halves a staged run's wall time on the CPU. It is skipped when the user
-  configured a cache already (`$JAX_COMPILATION_CACHE_DIR`) and on several
-  processes (each would write its own entries into one directory).
+  configured a cache already (`$JAX_COMPILATION_CACHE_DIR`), on several
+  processes (each would write its own entries into one directory) and in a gs://
+  workdir (a cache entry is read back at every compile: a network round trip each).
   """
   keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
           "jax_persistent_cache_min_entry_size_bytes")
   old = {k: getattr(jax.config, k) for k in keys}
-  if old["jax_compilation_cache_dir"] or jax.process_count() > 1:
+  if old["jax_compilation_cache_dir"] or jax.process_count() > 1 or is_remote(directory):
     yield
     return
   for key, value in zip(keys, (directory, 0, 0), strict=True):
@@ -121,7 +122,7 @@ def _import_stage(src: str, stage_dir: str):
   """Converts HF BERT weights into `stage_dir`, unless an earlier run already did."""
   from ptft_jax.convert import workdir as convert_workdir  # late: keeps `import` light
 
-  if os.path.isfile(os.path.join(stage_dir, "model_config.json")):
+  if is_file(os.path.join(stage_dir, "model_config.json")):
     say(f"imported weights already in {stage_dir}")
     return
   config, heads = convert_workdir.import_hf_bert(src, stage_dir)

@@ -10,8 +10,14 @@ metrics.jsonl then holds each (split, step) once. TensorBoard event files are
 append-only and cannot be truncated; the writer opens them with
 `purge_step=start_step + 1`, which makes TensorBoard hide the older events of
 the repeated steps (other event readers see them twice).
+
+In a gs:// workdir metrics.jsonl is an object, which cannot be appended to: the
+writer keeps its text and uploads it whole, at most every `REMOTE_UPLOAD_SECONDS`
+(GCS allows about one write per second to one object) and at `flush()`, which the
+loop calls before each checkpoint save, so the rows up to a saved step are kept.
 """
 
+import io
 import json
 import os
 import time
@@ -19,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from ptft_jax.utils import write_text_atomic
+from ptft_jax.utils import is_file, is_remote, make_dirs, read_text, write_text_atomic
 
 
 def _scalar(v):
@@ -28,6 +34,7 @@ def _scalar(v):
 
 
 METRICS_FILE = "metrics.jsonl"
+REMOTE_UPLOAD_SECONDS = 10.0
 
 
 def _kept(line: str, start_step: int) -> bool:
@@ -53,10 +60,9 @@ def truncate_metrics(path: str, start_step: int) -> int:
   (`write_text_atomic`), so a kill leaves the old or the new one. Returns how
   many rows were dropped (0 when the file is missing).
   """
-  if not os.path.isfile(path):
+  if not is_file(path):
     return 0
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
+  lines = io.StringIO(read_text(path), newline=None).readlines()  # as f.readlines()
   if lines and not lines[-1].endswith("\n"):
     lines[-1] += "\n"  # a torn row still counts as one line to judge
   kept = [ln for ln in lines if not ln.strip() or _kept(ln, start_step)]
@@ -79,11 +85,11 @@ class MetricWriter:
     self._tb = None
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
+    make_dirs(workdir)
     path = os.path.join(workdir, METRICS_FILE)
     if start_step is not None:
       truncate_metrics(path, int(start_step))
-    self._jsonl = open(path, "a")  # noqa: SIM115
+    self._jsonl = _RemoteText(path) if is_remote(path) else open(path, "a")  # noqa: SIM115
     if tensorboard:
       from tensorboardX import SummaryWriter  # imported late: it is slow to import
 
@@ -96,18 +102,55 @@ class MetricWriter:
     if self.enabled:
       record = {"step": int(step), "split": split, "time": time.time(), **scalars}
       self._jsonl.write(json.dumps(record) + "\n")
-      self._jsonl.flush()
+      if not isinstance(self._jsonl, _RemoteText):  # it uploads when due, not per row
+        self._jsonl.flush()
       if self._tb is not None:
         for k, v in scalars.items():
           if isinstance(v, float):
             self._tb.add_scalar(f"{split}/{k}", v, int(step))
     return scalars
 
+  def flush(self):
+    """Makes every row written so far durable (a local file is already flushed per row)."""
+    if self.enabled:
+      self._jsonl.flush()
+      if self._tb is not None:
+        self._tb.flush()
+
   def close(self):
     if self.enabled:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+
+
+class _RemoteText:
+  """metrics.jsonl in object storage: the file's text, uploaded whole (see the module doc).
+
+  `write` adds text and uploads it when the last upload is `REMOTE_UPLOAD_SECONDS` old;
+  `flush` and `close` upload whatever is pending.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self._text = read_text(path) if is_file(path) else ""  # an object is never torn
+    self._pending = False
+    self._uploaded = time.monotonic()
+
+  def write(self, text: str):
+    self._text += text
+    self._pending = True
+    if time.monotonic() - self._uploaded >= REMOTE_UPLOAD_SECONDS:
+      self.flush()
+
+  def flush(self):
+    if self._pending:
+      write_text_atomic(self.path, self._text)
+      self._pending = False
+      self._uploaded = time.monotonic()
+
+  def close(self):
+    self.flush()
 
 
 class Progress:

@@ -160,9 +160,12 @@ CASES = {
     "diverging_learning_rate": (
         lambda e, w: [*DIGITS, w, "--config.optim.lr=1e38", "--config.optim.warmup_steps=0"],
         ["non-finite loss or gradient at step 2", "config.optim.lr"]),
-    "remote_workdir": (
-        lambda e, w: [*DIGITS, "--workdir=gs://bucket/run"],
-        ["--workdir=gs://bucket/run: remote workdirs are not supported", "mounted path"]),
+    "unsupported_remote_workdir": (  # gs:// is supported: tests/e2e/test_gcs_workdir.py
+        lambda e, w: [*DIGITS, "--workdir=s3://bucket/run"],
+        ["--workdir=s3://bucket/run: s3:// workdirs are not supported", "gs://bucket/path"]),
+    "whole_bucket_workdir": (
+        lambda e, w: [*DIGITS, "--workdir=gs://bucket"],
+        ["--workdir=gs://bucket: name a path inside the bucket", "gs://BUCKET/PATH"]),
     "missing_pretrained_path": (
         lambda e, w: [*DIGITS, w, f"--config.init.pretrained_workdir={e['root']}/nope"],
         ["no checkpoints in", "nope", "config.init.pretrained_workdir"]),
