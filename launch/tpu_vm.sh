@@ -5,9 +5,9 @@
 #
 #   launch/tpu_vm.sh create                       # gcloud compute tpus tpu-vm create
 #   launch/tpu_vm.sh install                      # copy this checkout to every worker, set it up
-#   launch/tpu_vm.sh run   --config=C --workdir=/mnt/ptft/runs/x [--config.k=v ...]
-#   launch/tpu_vm.sh train --config=C --workdir=/mnt/ptft/runs/x [...]   # create+install+run,
-#                                                 # and again after each preemption
+#   launch/tpu_vm.sh run   --config=C --workdir=gs://BUCKET/runs/x [--config.k=v ...]
+#   launch/tpu_vm.sh train --config=C --workdir=gs://BUCKET/runs/x [...]  # create+install+
+#                                                 # run, and again after each preemption
 #   launch/tpu_vm.sh status | ssh [WORKER] | delete
 #   launch/tpu_vm.sh --dry-run COMMAND ...        # print every command instead of running it
 #
@@ -18,24 +18,24 @@
 #   TPU_TYPE      accelerator type: v5litepod-256, v4-1024, v5p-128, ... (default v5litepod-8)
 #   TPU_VERSION   TPU software version (default v2-alpha-tpuv5-lite; v4: tpu-ubuntu2204-base)
 #   TPU_SPOT      1: a Spot slice (cheap, preemptible, recreated by `train`)  (default 0)
-#   TPU_NFS       an NFS share (a Filestore instance in the slice's network: IP:/share),
-#                 mounted at /mnt/ptft on every worker: put --workdir under it. Every worker
-#                 must see the same workdir (each writes its shards of a checkpoint), with
-#                 atomic renames (Orbax commits a step by renaming its tmp directory), and
-#                 it must outlive the slice. (default: none; then --workdir must be such a
-#                 mount already)
+#   TPU_NFS       the alternative to a gs:// workdir: an NFS share (a Filestore instance in
+#                 the slice's network: IP:/share), mounted at /mnt/ptft on every worker; put
+#                 --workdir under it. It has the atomic renames Orbax commits a local step
+#                 with, and outlives the slice.                 (default: none)
 #   TPU_BUCKET    GCS bucket mounted with gcsfuse at /mnt/gcs on every worker, for data
 #                 (data_dir) only: gcsfuse renames are not atomic, so a --workdir under
-#                 /mnt/gcs is refused                          (default: none)
+#                 /mnt/gcs is refused (use --workdir=gs://... instead) (default: none)
 #   PYTHON_VERSION  the Python uv installs on the workers (default 3.11; the images'
 #                 python3 is 3.10 on Ubuntu 22.04, and ptft_jax needs >= 3.11)
 #   JAX_TPU       the jax TPU install (default "jax[tpu]==V", V = requirements.txt's jax pin)
 #   MAX_RESTARTS  preemptions `train` recovers from before giving up (default 20)
 #
-# --workdir=gs://...: not supported. Orbax itself writes gs:// checkpoints, but ptft_jax
-# writes config.json, metrics.jsonl, eval_*.json and labels.json and finds complete
-# checkpoint steps with os.path / open(), which do not understand gs://; the run would
-# write into a local directory named gs: instead. The script stops with one line.
+# Where the workdir lives: every worker must see the same one (each writes its shards of a
+# checkpoint) and it must outlive the slice. --workdir=gs://BUCKET/PATH (recommended) needs
+# no mount: Orbax writes the checkpoints there itself (TensorStore; a step counts once its
+# commit_success.txt is written) and ptft_jax its config.json, metrics.jsonl, eval_*.json,
+# labels.json through gcsfs; the slice's service account needs read/write access to the
+# bucket. Or a path under the TPU_NFS mount. No --workdir, or one under /mnt/gcs: one line.
 #
 # What `train` does after the program stops:
 #   exit 0 and "preempted: saved step N" in the log (a maintenance SIGTERM was caught and the
@@ -160,13 +160,11 @@ check_workdir() {  # check_workdir ARGS...: refuses a workdir that cannot hold a
     case "$arg" in --workdir=*) dir="${arg#--workdir=}" ;; esac
   done
   case "$dir" in
-    "") say "error: --workdir=DIR is required (a directory every worker sees, e.g. under" \
-          "/mnt/ptft with TPU_NFS set)"; exit 2 ;;
-    gs://*) say "error: --workdir=$dir: gs:// workdirs are not supported (ptft_jax writes" \
-              "config.json, metrics.jsonl and its checkpoint bookkeeping with os.path); set" \
-              "TPU_NFS and use --workdir=/mnt/ptft/..."; exit 2 ;;
+    "") say "error: --workdir=DIR is required (a directory every worker sees:" \
+          "gs://BUCKET/PATH, or under /mnt/ptft with TPU_NFS set)"; exit 2 ;;
     /mnt/gcs|/mnt/gcs/*) say "error: --workdir=$dir is on the gcsfuse mount, whose renames" \
-              "are not atomic (a checkpoint could be half renamed); set TPU_NFS and use" \
+              "are not atomic (a checkpoint could be half renamed); use" \
+              "--workdir=gs://BUCKET/PATH (no mount), or set TPU_NFS and use" \
               "--workdir=/mnt/ptft/..."; exit 2 ;;
   esac
 }

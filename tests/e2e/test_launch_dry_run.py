@@ -157,13 +157,25 @@ def test_tpu_vm_train_recreates_a_lost_slice_and_resumes(tmp_path):
   assert proc.stdout.splitlines()[-1] == "step 10/10"
 
 
+def test_tpu_vm_dry_run_with_a_gs_workdir_runs_it_and_mounts_nothing(tmp_path):
+  env = _fakes(tmp_path)  # no TPU_NFS, no TPU_BUCKET: Orbax and gcsfs reach the bucket
+  proc = _run(f"{REPO}/launch/tpu_vm.sh",
+              ["--dry-run", "train", "--config=configs/digits.py", "--workdir=gs://b/r"], env)
+  assert proc.returncode == 0, proc.stderr
+  assert ("on all workers: exec .venv/bin/python -m ptft_jax.main --multihost "
+          "--config=configs/digits.py --workdir=gs://b/r") in proc.stderr
+  assert "mount" not in proc.stdout and "/mnt/" not in proc.stdout
+  assert _gcloud_calls(tmp_path) == []
+
+
 def test_tpu_vm_refuses_workdirs_that_cannot_hold_a_multihost_run(tmp_path):
   env = _fakes(tmp_path)
-  for workdir, why in [("gs://bucket/runs/x", "gs:// workdirs are not supported"),
-                       ("/mnt/gcs/runs/x", "renames are not atomic")]:
-    proc = _run(f"{REPO}/launch/tpu_vm.sh", ["--dry-run", "train", f"--workdir={workdir}"], env)
+  for args, why in [([], "--workdir=DIR is required"),
+                    (["--workdir=/mnt/gcs/runs/x"], "renames are not atomic")]:
+    proc = _run(f"{REPO}/launch/tpu_vm.sh", ["--dry-run", "train", *args], env)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1 and why in proc.stderr, proc.stderr
+    assert "gs://BUCKET/PATH" in proc.stderr
 
 
 def test_slurm_dry_run_prints_srun_with_coordinator_and_process_ids(tmp_path):
