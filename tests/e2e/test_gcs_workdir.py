@@ -116,7 +116,7 @@ def _metric_steps(store, split: str) -> list[int]:
   return [r["step"] for r in rows if r["split"] == split]
 
 
-def test_train_resume_eval_and_predict_on_gs(gcs, store, tmp_path):
+def test_train_resume_eval_predict_transfer_and_overwrite_on_gs(gcs, store, tmp_path):
   # 1. Train 4 steps into gs://: every file of the run is an object in the bucket.
   first = _run("ptft_jax.main", *FAST, "--config.train.steps=4", f"--workdir={RUN}", env=gcs,
                tmp_path=tmp_path)
@@ -157,3 +157,23 @@ def test_train_resume_eval_and_predict_on_gs(gcs, store, tmp_path):
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   rows = [json.loads(line) for line in store.cat_file(out).splitlines()]
   assert [r["id"] for r in rows] == [0, 1, 2] and all("label" in r for r in rows)
+
+  # 4. The gs:// run is a transfer source for a local fine-tuning run.
+  local = tmp_path / "finetune"
+  tuned = _run("ptft_jax.main", *FAST, "--config.train.steps=2", f"--workdir={local}",
+               f"--config.init.pretrained_workdir={RUN}", env=gcs, tmp_path=tmp_path)
+  assert tuned.returncode == 0, tuned.stderr[-3000:]
+  assert f"transfer from {RUN} (step 6" in tuned.stdout
+  report = json.loads((local / "transfer_report.json").read_text())
+  assert "params/backbone/layer_0/kernel" in report["loaded"]
+
+  # 5. --overwrite with another config moves the gs:// run aside (copied, then deleted).
+  again = _run("ptft_jax.main", *FAST, "--config.train.steps=2", "--config.optim.lr=0.01",
+               "--overwrite", f"--workdir={RUN}", env=gcs, tmp_path=tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"--overwrite: moved the earlier run in {RUN} to {RUN}.old-" in again.stdout
+  old = f"{RUN}.old-" + again.stdout.split(f"{RUN}.old-")[1].split()[0]
+  assert _read_json(store, f"{old}/config.json")["train"]["steps"] == 6
+  assert store.isfile(f"{old}/checkpoints/6/commit_success.txt")
+  assert _read_json(store, f"{RUN}/config.json")["optim"]["lr"] == 0.01
+  assert store.ls(f"{RUN}/checkpoints", detail=False) == [f"{RUN[5:]}/checkpoints/2"]
