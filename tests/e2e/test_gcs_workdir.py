@@ -128,6 +128,7 @@ def test_train_resume_eval_predict_transfer_and_overwrite_on_gs(gcs, store, tmp_
   assert store.isfile(f"{RUN}/checkpoints/4/commit_success.txt")
   assert store.isfile(f"{RUN}/checkpoints/2/commit_success.txt")
   assert _metric_steps(store, "train") == [1, 2, 3, 4]
+  assert any("tfevents" in name for name in store.ls(f"{RUN}/tensorboard", detail=False))
   assert _read_json(store, f"{RUN}/eval_validation.json")["step"] in (2, 4)  # the best
   best = _read_json(store, f"{RUN}/best.json")
   assert store.isfile(f"{RUN}/best/checkpoints/{best['step']}/commit_success.txt")
