@@ -170,6 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       progress.pause(time.perf_counter() - t0)
   if stop_error:
     saver.finish_started_saves()
+    writer.flush()  # the rows logged so far, as a local file has them (gs:// uploads when due)
     raise NonFiniteError(stop_error)
   checkpoint.wait(manager)  # a failed background commit surfaces here, not as "saved"
 
