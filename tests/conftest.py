@@ -50,11 +50,7 @@ _CACHE_KEYS = {"jax_compilation_cache_dir": "JAX_COMPILATION_CACHE_DIR",
                "jax_persistent_cache_min_compile_time_secs":
                    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
                "jax_persistent_cache_min_entry_size_bytes":
-                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
-               "jax_compilation_cache_max_size": "JAX_COMPILATION_CACHE_MAX_SIZE"}
-# A size limit is what makes JAX lock the cache directory (filelock) around each read and
-# write; without it a worker could read an entry another worker is still writing.
-_CACHE_MAX_BYTES = 8 << 30
+                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,7 +60,10 @@ def compile_cache(tmp_path_factory):
   Tests and the CLI processes they start (which inherit the environment) compile the
   same small programs again and again: the digits step, `all_finite`, orbax's slices.
   Every program is cached (no minimum compile time or size); xdist workers share the
-  cache, so a program compiled in one is read by the other. Tests that count
+  cache, so a program compiled in one is read by the other. No size limit: with one, JAX
+  locks the directory and lists every entry at each write, which made the suite 100 s
+  slower. Without the lock, a worker reading an entry the other is still writing gets an
+  error that JAX turns into a warning and a compile. Tests that count
   compilations count the "Compiling" lines logged before the cache is looked up, and
   tests/unit/test_stages.py sets its own directory, so neither is fooled by it. Nothing
   goes to ~/.cache.
@@ -74,8 +73,7 @@ def compile_cache(tmp_path_factory):
   path = str(_session_shared_dir(tmp_path_factory, "xla_cache"))
   old_config = {k: getattr(jax.config, k) for k in _CACHE_KEYS}
   old_env = {v: os.environ.get(v) for v in _CACHE_KEYS.values()}
-  values = (path, 0, 0, _CACHE_MAX_BYTES)
-  for (key, env), value in zip(_CACHE_KEYS.items(), values, strict=True):
+  for (key, env), value in zip(_CACHE_KEYS.items(), (path, 0, 0), strict=True):
     jax.config.update(key, value)
     os.environ[env] = str(value)
   compilation_cache.reset_cache()

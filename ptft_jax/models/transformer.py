@@ -67,8 +67,33 @@ __all__ = [
 ]
 
 _DTYPES = ("float32", "bfloat16", "float16")
+
+
+@jax.custom_vjp
+def gelu_exact(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU, `x * Phi(x)`: `nn.gelu(x, approximate=False)`'s values.
+
+  Its own VJP keeps only `x` and recomputes `Phi(x) + x * phi(x)` in one elementwise pass.
+  Autodiff of the erf formula saves its intermediates over `[batch, seq, intermediate]`
+  and reads them back in separate passes: 5% of a MiniLM fine-tuning step on the CPU.
+  """
+  return x * (0.5 * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype))))
+
+
+def _gelu_exact_fwd(x):
+  return gelu_exact(x), x
+
+
+def _gelu_exact_bwd(x, g):
+  cdf = 0.5 * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+  pdf = jnp.exp(-0.5 * x * x) * np.sqrt(0.5 / np.pi).astype(x.dtype)
+  return (g * (cdf + x * pdf),)
+
+
+gelu_exact.defvjp(_gelu_exact_fwd, _gelu_exact_bwd)
+
 _ACTIVATIONS = {
-    "gelu": functools.partial(nn.gelu, approximate=False),
+    "gelu": gelu_exact,
     "gelu_tanh": functools.partial(nn.gelu, approximate=True),
     "silu": nn.silu,
 }

@@ -21,11 +21,12 @@ A scanned stack (`model.scan_layers`, one `nn.scan` = one XLA while loop) differ
 two ways, both read off the compiled fsdp=8 train steps of configs/bert.py:tiny and
 gpt.py:tiny (docs/scaling.md): with remat "none" every residual of one layer's
 linearization is a stacked [num_layers, ...] output of the forward loop, which XLA
-cannot fuse away as it does in the unrolled program: 12 hidden-sized and 4
-intermediate-sized tensors per layer where the count above has 8 and 2, so
-`+ 4d*s*b*h + 2d*s*b*I/t` per layer (remat "full" and "dots_saveable" keep what the
-policy says); and the fsdp-split weights are all-gathered inside the loop body, one
-layer at a time, so the gathered copies of a stacked leaf are one row of it, not all.
+cannot fuse away as it does in the unrolled program: 12 hidden-sized tensors per layer
+where the count above has 8, so `+ 4d*s*b*h` per layer (the intermediate-sized ones are the
+same 2, the MLP's pre-activation and its GELU, since the GELU carries its own VJP; remat
+"full" and "dots_saveable" keep what the policy says); and the fsdp-split weights are
+all-gathered inside the loop body, one layer at a time, so the gathered copies of a stacked
+leaf are one row of it, not all.
 
 `estimate(...)` is the whole step, per device, checked against XLA's own
 buffer assignment (`compiled.memory_analysis()`: arguments + outputs - aliased
@@ -88,8 +89,8 @@ def transformer_activation_bytes(*, batch: int, seq_len: int, hidden: int, inter
       d + m + d * m)) / t
   if remat == "none":
     # A scan's residuals are materialized per layer (module docstring): 4 more [s, b, h]
-    # and 2 more [s, b, I] tensors than the unrolled layer's count.
-    scan_residuals = 4 * d * s * b * h + 2 * d * s * b * i / t if scanned else 0
+    # tensors than the unrolled layer's count.
+    scan_residuals = 4 * d * s * b * h if scanned else 0
     per_layer, extra = none + scan_residuals, 0
   elif remat == "dots_saveable":
     per_layer, extra = 2 * d * s * b * h + d * (s * b * (4 * h + i) + scores) / t, 0

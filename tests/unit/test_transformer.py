@@ -19,6 +19,7 @@ from ptft_jax.models.transformer import (
   SequenceClassificationHead,
   TransformerConfig,
   bert_encode,
+  gelu_exact,
 )
 
 BERT = TransformerConfig(
@@ -200,3 +201,19 @@ def test_bert_encode_and_input_checks():
   with pytest.raises(ConfigError, match="divisible"):
     TransformerConfig(hidden_size=10, num_heads=4)
   assert attention.segment_mask(jnp.array([[1, 1, 2]])).shape == (1, 1, 3, 3)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 1e-2)])
+def test_gelu_exact_values_and_gradient_are_flax_exact_gelu(dtype, tol):
+  import flax.linen as nn
+
+  x = jnp.linspace(-6.0, 6.0, 1001).astype(dtype)
+  ours = lambda t: jnp.sum(gelu_exact(t).astype(jnp.float32) * jnp.cos(t.astype(jnp.float32)))
+  flax_ = lambda t: jnp.sum(nn.gelu(t, approximate=False).astype(jnp.float32)
+                            * jnp.cos(t.astype(jnp.float32)))
+  np.testing.assert_allclose(np.asarray(gelu_exact(x), np.float32),
+                             np.asarray(nn.gelu(x, approximate=False), np.float32),
+                             atol=tol, rtol=tol)
+  np.testing.assert_allclose(np.asarray(jax.grad(ours)(x), np.float32),
+                             np.asarray(jax.grad(flax_)(x), np.float32), atol=tol, rtol=tol)
+  assert gelu_exact(x).dtype == dtype
