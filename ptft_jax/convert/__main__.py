@@ -92,6 +92,17 @@ def _vision(args: argparse.Namespace) -> None:
   vision.run(args)
 
 
+def _refuse_remote(args) -> None:
+  """Conversions read and write local directories only (gs:// workdirs are for runs)."""
+  from ptft_jax.utils import is_remote
+
+  for flag in ("src", "workdir", "out"):
+    path = getattr(args, flag, None)
+    if path and is_remote(path):
+      raise UserError(f"--{flag} {path}: convert reads and writes local directories; copy the "
+                      f"run here first (gcloud storage cp -r {path} .) and give the local copy")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m ptft_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   absl_logging.set_verbosity(absl_logging.ERROR)
   try:
+    _refuse_remote(args)
     {"hf": _hf, "hf-bert": _hf_bert, "export-hf": _export_hf,
      "vision": _vision}[args.command](args)
   except (UserError, NotImplementedError) as e:
