@@ -143,29 +143,18 @@ def read_json(path) -> Any:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` atomically: a crash leaves the old file or the new one, never half.
+  """Writes `text` (UTF-8) to `path` atomically: see `write_bytes_atomic`."""
+  write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically: a crash leaves the old file or the new one, never half.
 
   Locally through a temporary file and a rename; a URL's object is written directly (an
   object store replaces an object whole or not at all, and has no atomic rename).
   """
   if is_remote(path):
-    with _remote_fs(path).open(path, "w", encoding="utf-8") as f:
-      f.write(text)
-    return
-  tmp = f"{path}.tmp.{os.getpid()}"
-  try:
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-  """Writes `data` to `path` atomically, as `write_text_atomic` writes text."""
-  if is_remote(path):
-    _remote_fs(path).pipe_file(path, data)  # one object write: whole or nothing
+    _remote_fs(path).pipe_file(path, data)
     return
   tmp = f"{path}.tmp.{os.getpid()}"
   try:
