@@ -15,6 +15,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
 
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a child process with `devices` simulated CPU devices, and otherwise the
+  session's flags (tests/conftest.py: its compile settings)."""
+  others = [f for f in os.environ.get("XLA_FLAGS", "").split()
+            if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join([f"--xla_force_host_platform_device_count={devices}", *others])
+
+
 class CompileLog(logging.Handler):
   """JAX's "Compiling jit(NAME) with global shapes ..." lines: `names` the jitted functions'
   names, `messages` the whole lines (they carry the shapes).

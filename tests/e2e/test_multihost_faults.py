@@ -16,7 +16,7 @@ import pytest
 
 from ptft_jax.errors import CheckpointError
 from ptft_jax.train import checkpoint, preemption
-from tests.helpers import REPO
+from tests.helpers import REPO, xla_flags
 
 # A digits MLP that would train for a long time: only a preemption ends it.
 ARGS = ["--config=configs/digits.py:mlp", "--config.model.hidden_sizes=(32,)",
@@ -46,7 +46,7 @@ def _start(workdir, log_dir, steps: int, *, processes: int = 2, devices: int = 4
          f"--config.train.steps={steps}"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {}), **extra, "JAX_PLATFORMS": "cpu",
-             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}))
+             "XLA_FLAGS": xla_flags(devices)}))
   return procs
 
 

@@ -325,7 +325,9 @@ def test_accumulation_normalizes_by_the_whole_batch_token_count(tok):
   np.testing.assert_allclose(loss4, loss1, rtol=1e-6)
   np.testing.assert_allclose(m4["accuracy"], m1["accuracy"], rtol=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(g4), jax.tree_util.tree_leaves(g1), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+    # Float32 summation order differs between the two (and with XLA's optimization level):
+    # entries near zero are compared at the scale of their leaf.
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
   # A plain mean of the 4 microbatch (= row) losses would be measurably different.
   assert abs(float(np.mean(row_losses)) - float(loss1)) > 1e-2
 

@@ -16,7 +16,7 @@ from ptft_jax.errors import CheckpointError
 from ptft_jax.parallel import sharding
 from ptft_jax.train import checkpoint, steps
 from tests import helpers
-from tests.helpers import REPO, flat
+from tests.helpers import REPO, flat, xla_flags
 
 
 def tiny_config(task="classification", hidden=(32,)):
@@ -126,7 +126,7 @@ def test_resume_after_sigkill_is_bitwise_equal(tmp_path):
           "--config.train.checkpoint_every=4", "--config.train.eval_every=0",
           "--config.train.log_every=4", "--config.train.tensorboard=False",
           "--config.data.batch_size=32"]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
   _cli(*args, f"--workdir={tmp_path / 'straight'}", env_extra=env).check_returncode()
   killed = tmp_path / "killed"
   proc = subprocess.Popen([sys.executable, "-m", "ptft_jax.main", *args, f"--workdir={killed}",
