@@ -1,8 +1,8 @@
 """Shared test setup: 8 simulated CPU devices, a private data dir and XLA compilation cache.
 
 Plain helpers (configs by name, tiny configs, flat trees) live in tests/helpers.py.
-Tiers: tests/unit (pure functions and one-step models; `pytest -q tests/unit`, about a
-minute) and tests/e2e (whole runs, the CLI, kills, several processes).
+Tiers: tests/unit (pure functions and one-step models; `pytest -q -n 2 tests/unit`, under
+a minute) and tests/e2e (whole runs, the CLI, kills, several processes).
 
 The README's test commands run two pytest-xdist workers (`-n 2`): most of the suite's time
 is XLA compiling programs that occur once, on one thread, so two processes keep both cores of
