@@ -93,7 +93,6 @@ def main(argv=None) -> int:
 
     from ptft_jax.inference import generator as generation
     from ptft_jax.inference.predict import write_jsonl
-    from ptft_jax.utils import is_remote
 
     absl_logging.set_verbosity(absl_logging.ERROR)
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
@@ -101,9 +100,6 @@ def main(argv=None) -> int:
       raise UserError(f"--batch-size {args.batch_size}: use 1 or more")
     rows = ([{"key": {"line": 1}, "prompt": args.prompt}] if args.prompt is not None
             else read_prompts(args.input))
-    if is_remote(args.workdir):
-      raise UserError(f"--workdir {args.workdir}: generation reads a local run; copy it here "
-                      f"first (gcloud storage cp -r {args.workdir} .) and give the local copy")
     generator = generation.load_generator(args.workdir, args.checkpoint)
     prompts = token_rows(generator, rows)
     results = []

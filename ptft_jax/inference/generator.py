@@ -21,7 +21,6 @@ data-parallel axes and the KV cache over batch and (when they divide) key/value 
 """
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 from ptft_jax.errors import ConfigError, UserError
 from ptft_jax.models import build_backbone, lm_head_params, lm_logits
 from ptft_jax.parallel import sharding
+from ptft_jax.utils import absolute_path, is_file, read_json
 
 MIN_PROMPT_BUCKET = 16
 MIN_NEW_BUCKET = 8
@@ -272,7 +272,7 @@ def _load_tokenizer(path: str, run_config: ml_collections.ConfigDict | None):
   if hasattr(named, "get"):
     named = named.get("path", "")
   tokenizer = None
-  if os.path.isfile(os.path.join(path, hf_tokenizer.TOKENIZER_FILE)):
+  if is_file(os.path.join(path, hf_tokenizer.TOKENIZER_FILE)):
     tokenizer = hf_tokenizer.load_hf_tokenizer(path, "--workdir")
   elif named:
     tokenizer = hf_tokenizer.load_hf_tokenizer(str(named), "config.data.tokenizer.path")
@@ -292,12 +292,11 @@ def load_generator(path: str | os.PathLike, checkpoint: str | int = "latest", *,
   from ptft_jax.train import checkpoint as ckpt
   from ptft_jax.train import placement
 
-  path = os.path.abspath(os.fspath(path))
+  path = absolute_path(path)  # a local run, or a gs:// one
   run_config = None
   config_file = os.path.join(path, "config.json")
-  if os.path.isfile(config_file):
-    with open(config_file) as f:
-      record = json.load(f)
+  if is_file(config_file):
+    record = read_json(config_file)
     if isinstance(record, dict) and "model" in record and "model_type" not in record:
       run_config = ml_collections.ConfigDict(record)
   target = placement.layout(mesh, rules) if mesh is not None else None

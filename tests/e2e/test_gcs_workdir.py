@@ -178,3 +178,20 @@ def test_train_resume_eval_predict_transfer_and_overwrite_on_gs(gcs, store, tmp_
   assert store.isfile(f"{old}/checkpoints/6/commit_success.txt")
   assert _read_json(store, f"{RUN}/config.json")["optim"]["lr"] == 0.01
   assert store.ls(f"{RUN}/checkpoints", detail=False) == [f"{RUN[5:]}/checkpoints/2"]
+
+
+def test_an_instruction_tuned_gs_run_generates_from_the_bucket(gcs, store, tmp_path):
+  # The tiny SFT decoder, 2 steps into gs://: its tokenizer files are copied into the bucket,
+  # and generation reads the run (config, checkpoint, tokenizer, chat template) from there.
+  sft = f"gs://{BUCKET}/runs/sft"
+  trained = _run("ptft_jax.main", f"--config={REPO}/configs/llm_sft.py:tiny,steps=2",
+                 "--config.train.eval_every=0", "--config.eval_splits=()",
+                 f"--workdir={sft}", env=gcs, tmp_path=tmp_path)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert store.isfile(f"{sft}/tokenizer.json") and store.isfile(f"{sft}/config.json")
+  generated = _run("ptft_jax.generate", f"--workdir={sft}", "--prompt=reverse: abc",
+                   "--max-new-tokens=3", env=gcs, tmp_path=tmp_path)
+  assert generated.returncode == 0, generated.stderr[-3000:]
+  line = json.loads(generated.stdout.strip().splitlines()[-1])
+  assert len(line["token_ids"]) <= 3 and isinstance(line["completion"], str)
+  assert os.listdir(tmp_path) == []  # nothing written locally

@@ -46,13 +46,10 @@ def test_bad_line_is_one_line_and_status_2(tmp_path, capsys):
   assert err[0].startswith(f"error: {bad}:2:") and '"prompt"' in err[0]
 
 
-def test_gs_runs_are_refused_by_generate_and_convert_in_one_line(capsys):
+def test_gs_runs_are_refused_by_convert_in_one_line(capsys):
   from ptft_jax.convert import __main__ as convert_cli
 
-  assert generate.main(["--workdir", "gs://bucket/run", "--prompt", "hi"]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith("error: --workdir gs://bucket/run: generation")
-  assert "gcloud storage cp -r gs://bucket/run ." in err[0]
   assert convert_cli.main(["export-hf", "--workdir", "gs://bucket/run", "--out", "x"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: --workdir gs://bucket/run: convert")
+  assert "gcloud storage cp -r gs://bucket/run ." in err[0]

@@ -34,6 +34,7 @@ import tokenizers
 from ptft_jax.data.sources import read_user_text
 from ptft_jax.data.text.sources import resolve_path
 from ptft_jax.errors import DataError
+from ptft_jax.utils import is_dir, is_file
 
 TOKENIZER_FILE = "tokenizer.json"
 _TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -142,7 +143,7 @@ def _compiled(template: str):
 
 def _read_json(path: str, what: str) -> dict:
   """A JSON object file, or {} when absent; one-line DataError when unreadable."""
-  if not os.path.isfile(path):
+  if not is_file(path):
     return {}
   try:
     value = json.loads(read_user_text(path, what))
@@ -179,7 +180,7 @@ def _chat_template(folder: str, config: dict) -> str | None:
   if isinstance(template, str) and template:
     return template
   path = os.path.join(folder, "chat_template.jinja")
-  if os.path.isfile(path):
+  if is_file(path):
     return read_user_text(path, "chat template")
   saved = _read_json(os.path.join(folder, "chat_template.json"), "chat template")
   template = saved.get("chat_template")
@@ -207,13 +208,13 @@ def load_hf_tokenizer(path: str, key: str = "config.data.tokenizer.path") -> HfT
   Raises DataError (one line naming `key` and the file) for a missing or malformed
   tokenizer.json and for special tokens the vocabulary lacks.
   """
-  resolved = resolve_path(path)
-  if os.path.isdir(resolved):
+  resolved = resolve_path(path)  # a local path, pkg:// name or gs:// URL (a gs:// run's copy)
+  if is_dir(resolved):
     folder, file = resolved, os.path.join(resolved, TOKENIZER_FILE)
   else:
     folder, file = os.path.dirname(resolved), resolved
-  if not os.path.isfile(file):
-    where = f"no {TOKENIZER_FILE} in {resolved!r}" if os.path.isdir(resolved) else (
+  if not is_file(file):
+    where = f"no {TOKENIZER_FILE} in {resolved!r}" if is_dir(resolved) else (
         f"no file {resolved!r}")
     raise DataError(f"{key}: {where}; give a Hugging Face model directory or its "
                     f"{TOKENIZER_FILE}")
