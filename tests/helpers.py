@@ -95,3 +95,23 @@ def flat(tree) -> dict[str, np.ndarray]:
 
 def count_params(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+def write_tiny_hf_bert(path, vocab_lines: int | None = None) -> str:
+  """A tiny Hugging Face BERT directory at `path` (config.json, model.safetensors of ones,
+  vocab.txt of `vocab_lines` lines, default the vocabulary size of 12); returns it."""
+  import pathlib
+
+  from ptft_jax.convert.hf_bert import export_hf_bert
+  from ptft_jax.models.transformer import BertEncoder, TransformerConfig
+
+  config = TransformerConfig(vocab_size=12, hidden_size=8, num_layers=1, num_heads=2,
+                             intermediate_size=16, max_position_embeddings=16)
+  shapes = jax.eval_shape(lambda: BertEncoder(config).init(
+      jax.random.key(0), {"input_ids": np.zeros((1, 1), np.int32)}, train=False))["params"]
+  params = jax.tree_util.tree_map(lambda s: np.ones(s.shape, np.float32), shapes)
+  path = pathlib.Path(path)
+  export_hf_bert(config, params, path)
+  lines = config.vocab_size if vocab_lines is None else vocab_lines
+  (path / "vocab.txt").write_text("".join(f"tok{i}\n" for i in range(lines)))
+  return str(path)

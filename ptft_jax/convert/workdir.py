@@ -22,7 +22,6 @@ it in `config.init.pretrained_workdir` exactly like a pretraining run.
 
 import dataclasses
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +36,7 @@ from ptft_jax.train.placement import (  # noqa: F401
   read_model_config,
   read_task_config,
 )
-from ptft_jax.utils import write_json_atomic
+from ptft_jax.utils import copy_file_atomic, write_json_atomic
 
 HF_CONFIG_COPY = "hf_config.json"
 # HF files copied next to imported decoder weights (tokenizer, generation defaults).
@@ -98,7 +97,7 @@ def import_hf_bert(
   write_pretrained_workdir(config, params, workdir)
   vocab = os.path.join(os.fspath(src), hf_bert.VOCAB_FILE)
   if os.path.isfile(vocab):
-    shutil.copyfile(vocab, os.path.join(os.fspath(workdir), hf_bert.VOCAB_FILE))
+    copy_file_atomic(vocab, os.path.join(os.fspath(workdir), hf_bert.VOCAB_FILE))
   return config, sorted(params["heads"])
 
 
@@ -120,10 +119,10 @@ def import_hf_decoder(
   model_config, params = hf_decoder.load_hf_decoder(src, placement=placement.placer(target))
   task_config = hf_decoder.hf_task_config(src)
   write_pretrained_workdir(model_config, params, workdir, task_config=task_config)
-  shutil.copyfile(os.path.join(src, "config.json"), os.path.join(workdir, HF_CONFIG_COPY))
+  copy_file_atomic(os.path.join(src, "config.json"), os.path.join(workdir, HF_CONFIG_COPY))
   for name in HF_SIDE_FILES:
     if os.path.isfile(os.path.join(src, name)):
-      shutil.copyfile(os.path.join(src, name), os.path.join(workdir, name))
+      copy_file_atomic(os.path.join(src, name), os.path.join(workdir, name))
   return model_config, task_config
 
 

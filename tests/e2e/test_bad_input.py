@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -22,10 +21,8 @@ from absl import flags
 
 from ptft_jax import main as cli
 from ptft_jax.convert import __main__ as convert_cli
-from ptft_jax.convert.hf_bert import export_hf_bert
-from ptft_jax.models.transformer import BertEncoder, TransformerConfig
 from ptft_jax.train import checkpoint
-from tests.helpers import REPO
+from tests.helpers import REPO, write_tiny_hf_bert
 
 pytestmark = pytest.mark.usefixtures("compile_cache", "fast_prng_compile")
 
@@ -35,8 +32,6 @@ FAST = ["--config.model.hidden_sizes=(32,)", "--config.train.steps=2",
         "--config.data.batch_size=32", "--config.eval_splits=('validation',)"]
 DIGITS = ["--config=configs/digits.py", *FAST]
 PRETRAIN = [*DIGITS, "--config.task.name=autoencoder"]
-TINY_BERT = TransformerConfig(vocab_size=12, hidden_size=8, num_layers=1, num_heads=2,
-                              intermediate_size=16, max_position_embeddings=16)
 QUERY = "encoder.layer.0.attention.self.query.weight"
 
 
@@ -70,13 +65,9 @@ def _truncate(pattern: str):
       fh.truncate(16)
 
 
-def _hf_dir(path, edit=None, vocab_lines=TINY_BERT.vocab_size) -> str:
-  """A tiny HF BERT directory (config.json, model.safetensors, vocab.txt), then `edit`ed."""
-  shapes = jax.eval_shape(lambda: BertEncoder(TINY_BERT).init(
-      jax.random.key(0), {"input_ids": np.zeros((1, 1), np.int32)}, train=False))["params"]
-  params = jax.tree_util.tree_map(lambda s: np.ones(s.shape, np.float32), shapes)
-  export_hf_bert(TINY_BERT, params, path)
-  (path / "vocab.txt").write_text("".join(f"tok{i}\n" for i in range(vocab_lines)))
+def _hf_dir(path, edit=None, vocab_lines=None) -> str:
+  """A tiny HF BERT directory (`tests.helpers.write_tiny_hf_bert`), then `edit`ed."""
+  write_tiny_hf_bert(path, vocab_lines)
   if edit:
     tensors = safetensors.numpy.load_file(path / "model.safetensors")
     edit(tensors)

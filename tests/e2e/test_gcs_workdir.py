@@ -22,7 +22,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, write_tiny_hf_bert
 
 BUCKET = "ptft-test"
 RUN = f"gs://{BUCKET}/runs/digits"
@@ -194,4 +194,25 @@ def test_an_instruction_tuned_gs_run_generates_from_the_bucket(gcs, store, tmp_p
   assert generated.returncode == 0, generated.stderr[-3000:]
   line = json.loads(generated.stdout.strip().splitlines()[-1])
   assert len(line["token_ids"]) <= 3 and isinstance(line["completion"], str)
+  assert os.listdir(tmp_path) == []  # nothing written locally
+
+
+def test_an_import_stage_writes_its_pretrained_workdir_into_the_bucket(gcs, store, tmp_path,
+                                                                      tmp_path_factory):
+  # What an `import_hf_bert` stage of a staged config does inside a gs:// workdir: Orbax
+  # writes the weights, model_config.json and the copied vocab.txt go through the helpers.
+  target = f"gs://{BUCKET}/runs/staged/import"
+  code = ("import sys; from ptft_jax.convert import workdir; "
+          "workdir.import_hf_bert(sys.argv[1], sys.argv[2])")
+  src = write_tiny_hf_bert(tmp_path_factory.mktemp("hf_bert"))
+  imported = subprocess.run(
+      [sys.executable, "-c", code, src, target],
+      cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO, **gcs}, capture_output=True,
+      text=True, timeout=300)
+  assert imported.returncode == 0, imported.stderr[-3000:]
+  assert _read_json(store, f"{target}/model_config.json")["num_layers"] >= 1
+  with open(os.path.join(src, "vocab.txt"), "rb") as f:
+    assert store.cat_file(f"{target}/vocab.txt") == f.read()
+  assert any(store.isfile(f"{target}/checkpoints/{n.rsplit('/', 1)[-1]}/commit_success.txt")
+             for n in store.ls(f"{target}/checkpoints", detail=False))
   assert os.listdir(tmp_path) == []  # nothing written locally
