@@ -24,10 +24,10 @@ measured on this machine.
 Expected, `large` (BERT-large: 24 layers x 1024, 16 heads, FFN 4096, 336,226,108
 parameters with the MLM and NSP heads; sequence 512, global batch 256; fsdp over all
 devices, remat=full, bfloat16 compute): on 8 devices of 16 GiB (32 sequences per
-device) memory.estimate gives ~3.7 GiB per device: state 646 MiB + update 162 MiB +
+device) memory.estimate gives ~3.4 GiB per device: state 646 MiB + update 162 MiB +
 gathered weights 155 MiB (scanned layers: one layer gathered at a time; looped 1.1 GiB,
-4.7 GiB in all) + activations 1.9 GiB + logits 894 MiB; remat=none would need 38.6 GiB
-(30.5 looped). Computed, not measured on such hardware. `large,tiny` (2 layers x 64,
+4.4 GiB in all) + activations 1.9 GiB + logits 596 MiB; remat=none would need 32.3 GiB
+(30.2 looped). Computed, not measured on such hardware. `large,tiny` (2 layers x 64,
 4 heads, sequence 64, batch 16, the same mesh, remat and dtype) trains 2 steps on 8
 simulated CPU devices with fsdp=8, loss finite (tests/e2e/test_scale_configs.py).
 

@@ -12,10 +12,10 @@ data_dir=/data/tfds --workdir=runs/decoder_1b --config.train.device_memory_gib=1
   python -m ptft_jax.main --config=configs/decoder_1b.py:tiny --workdir=runs/decoder_1b_tiny
 
 Expected: on 8 devices of 16 GiB (fsdp=8, 4 x 2048 tokens per device) memory.estimate
-gives ~7.2 GiB per device: params 467 MiB + Adam 934 MiB + gradients and their
+gives ~6.2 GiB per device: params 467 MiB + Adam 934 MiB + gradients and their
 update 934 MiB + weights gathered for the passes 401 MiB (scanned layers, the default:
-one layer gathered at a time; looped 3.2 GiB, 10.0 GiB in all) + activations 1.6 GiB
-(remat=full) + logits 2.9 GiB; remat=none would need 30.4 GiB (26.4 looped). Computed, not
+one layer gathered at a time; looped 3.2 GiB, 9.0 GiB in all) + activations 1.6 GiB
+(remat=full) + logits 2.0 GiB; remat=none would need 24.9 GiB (25.4 looped). Computed, not
 measured on such hardware (the formula is within 20% of XLA's buffer assignment
 at small sizes, docs/scaling.md). `:tiny` (2 layers x 64, 4 heads, vocabulary 4096,
 sequence 64, batch 16, the same mesh, remat and dtype) trains 2 steps on 8 simulated

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from ptft_jax.errors import UserError
 from ptft_jax.models import matmul as matmul_lib
+from ptft_jax.models.norm import LayerNorm
 
 
 class ClassifierHead(nn.Module):
@@ -99,7 +100,7 @@ class _MlmTransform(nn.Module):
     hidden = x.shape[-1]
     x = matmul_lib.Dense(hidden, dtype=self.dtype, kernel_init=_INIT, name="dense")(x)
     x = nn.gelu(x, approximate=False)
-    return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="layer_norm")(x)
+    return LayerNorm(self.layer_norm_eps, self.dtype, name="layer_norm")(x)
 
 
 class MaskedLMHead(nn.Module):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ptft_jax.errors import UserError
+from ptft_jax.models.norm import LayerNorm
 from ptft_jax.models.transformer import TransformerConfig, TransformerLayer
 
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -65,5 +66,5 @@ class MaeDecoder(nn.Module):
     positions = jnp.zeros(full.shape[:2], jnp.int32)  # unused: no rotary embeddings here
     for i in range(self.num_layers):
       full = TransformerLayer(config, name=f"layer_{i}")(full, None, positions, train)
-    full = nn.LayerNorm(epsilon=1e-6, name="final_norm")(full)
+    full = LayerNorm(1e-6, full.dtype, name="final_norm")(full)
     return nn.Dense(self.patch_dim, kernel_init=_INIT, name="pixels")(full)

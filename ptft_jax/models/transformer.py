@@ -53,6 +53,7 @@ from ptft_jax.models.heads import (
   NextSentenceHead,
   SequenceClassificationHead,
 )
+from ptft_jax.models.norm import LayerNorm
 from ptft_jax.parallel.sharding import constrain_batch
 
 __all__ = [
@@ -217,7 +218,7 @@ def _layer_norm(name: str, config: TransformerConfig) -> nn.Module:
   """The config's normalization: LayerNorm (scale, bias) or RMSNorm (scale)."""
   if config.norm == "rms":
     return RMSNorm(config.layer_norm_eps, config.norm_offset, config.compute_dtype, name=name)
-  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=config.compute_dtype, name=name)
+  return LayerNorm(config.layer_norm_eps, config.compute_dtype, name=name)
 
 
 def rope_inverse_frequencies(config: TransformerConfig) -> np.ndarray:

@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptft_jax.errors import ConfigError, UserError
+from ptft_jax.models.norm import LayerNorm
 from ptft_jax.models.transformer import REMAT_POLICIES, TransformerConfig, TransformerLayer
 
 POOLS = ("cls", "gap")
@@ -234,7 +235,7 @@ class ViT(nn.Module):
     else:
       for i in range(cfg.num_layers):
         x = layer(cfg, name=f"layer_{i}")(x, None, positions, train, False)
-    norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype, name="final_norm")
+    norm = LayerNorm(self.layer_norm_eps, dtype, name="final_norm")
     if not self.pooled_norm:
       x = norm(x)
     prefix = 1 if self.class_token else 0

@@ -30,12 +30,13 @@ leaf are one row of it, not all.
 
 `estimate(...)` is the whole step, per device, checked against XLA's own
 buffer assignment (`compiled.memory_analysis()`: arguments + outputs - aliased
-+ temporaries; tests/unit/test_memory_analysis.py, within 20% for BERT and GPT
++ temporaries; tests/e2e/test_memory_analysis.py, within 20% for BERT and GPT
 at fsdp 1 and 8): the state (params, optimizer state, model state), the
 gradients, the optimizer's update (one more params-sized tree, live while
 optax computes it), the activations above, and the language-model logits,
-`tokens x vocab x 4` bytes three times (the float32 logits, their softmax and
-their gradient; the MLM head computes them only at the masked positions).
+`tokens x vocab x 4` bytes twice (of the float32 logits, their softmax and their
+gradient XLA keeps two live at once; the MLM head computes them only at the masked
+positions).
 `check_fits(...)` raises a ConfigError before compiling when that total
 exceeds the device's memory, naming fsdp / remat settings that would fit.
 """
@@ -51,7 +52,7 @@ from ptft_jax.errors import ConfigError
 from ptft_jax.parallel.sharding import MESH_AXES, Layout, batch_divisor, param_path
 
 REMAT_POLICIES = ("none", "full", "dots_saveable")
-LOGITS_COPIES = 3  # float32 logits, their softmax, their gradient (XLA keeps all three live)
+LOGITS_COPIES = 2  # of the float32 logits, their softmax and their gradient, XLA keeps two live
 GIB = 1024 ** 3
 
 

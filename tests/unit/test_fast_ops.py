@@ -1,4 +1,5 @@
-"""The speed pieces of the model code keep the semantics they replace: dropout, mixed matmuls."""
+"""The speed pieces of the model code keep the semantics they replace: dropout, mixed matmuls,
+LayerNorm."""
 
 import flax.linen as nn
 import jax
@@ -6,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.test_util import check_grads
 
-from ptft_jax.models import dropout, matmul
+from ptft_jax.models import dropout, matmul, norm
 
 # Attention's two products: "bqhd,bkhd->bhqk" and "bhqk,bkhd->bhqd" (+ plain and tied dense).
 DIMS = {
@@ -79,3 +81,32 @@ def test_dense_has_flax_params_and_outputs():
   low = matmul.Dense(5, dtype=jnp.bfloat16).apply(params, x)
   assert low.dtype == jnp.bfloat16
   np.testing.assert_allclose(low.astype(jnp.float32), flax_dense.apply(params, x), atol=0.02)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_layer_norm_matches_flax_values_params_and_gradients(dtype):
+  rng = np.random.default_rng(2)
+  # Rows with an offset and a spread far from 0 / 1, so mean and variance both matter.
+  x = jnp.asarray(rng.normal(3.0, 2.5, size=(2, 5, 16)), jnp.float32)
+  ours, theirs = norm.LayerNorm(1e-6, dtype), nn.LayerNorm(1e-6, dtype=dtype)
+  params = ours.init(jax.random.key(0), x)
+  assert jax.tree_util.tree_map(jnp.shape, params) == jax.tree_util.tree_map(
+      jnp.shape, theirs.init(jax.random.key(0), x))
+  params = {"params": {"scale": jnp.asarray(rng.normal(1.0, 0.3, 16), jnp.float32),
+                       "bias": jnp.asarray(rng.normal(0.0, 0.3, 16), jnp.float32)}}
+  weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)  # a loss that mixes rows
+  loss = lambda layer: lambda p, t: jnp.sum(
+      jnp.sin(layer.apply(p, t.astype(dtype)).astype(jnp.float32)) * weights)
+  tol = 1e-5 if dtype == jnp.float32 else 0.05
+  got, want = ours.apply(params, x.astype(dtype)), theirs.apply(params, x.astype(dtype))
+  assert got.dtype == dtype
+  np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), atol=tol)
+  got_grads = jax.grad(loss(ours), (0, 1))(params, x)
+  want_grads = jax.grad(loss(theirs), (0, 1))(params, x)
+  for g, w in zip(jax.tree_util.tree_leaves(got_grads), jax.tree_util.tree_leaves(want_grads),
+                  strict=True):
+    np.testing.assert_allclose(g, w, atol=tol * max(1.0, float(np.abs(w).max())))
+  if dtype == jnp.float32:  # and against finite differences, in both directions
+    check_grads(lambda s, b, t: norm.layer_norm(t, s, b, 1e-6) * weights,
+                              (params["params"]["scale"], params["params"]["bias"], x),
+                              order=1, modes=("rev",), atol=2e-2, rtol=2e-2)
