@@ -11,6 +11,11 @@ kind (the op's HLO: dot / convolution / fusion of what / copy / ...) from the co
 module's text. Prints one JSON object: the step's wall time (median), the share of it
 that ops account for (the rest: dispatch and idle threads), and the ops and kinds by
 time. Time on a quiet machine; on a loaded one the shares still say where to look.
+
+Plain `dot` ops (XLA:CPU's Eigen path; in the BERT steps the weight gradients) run
+asynchronously: their events time the launch (a 4.8 GFLOP product shows 2-3 ms), and
+their work lands in the time of the ops that run beside them, often the YNNPACK dot of
+the same layer's input gradient (`fusion:dot`), which then looks twice as slow as alone.
 """
 
 import argparse
