@@ -53,7 +53,7 @@ from ptft_jax.models.heads import (
   NextSentenceHead,
   SequenceClassificationHead,
 )
-from ptft_jax.models.norm import LayerNorm
+from ptft_jax.models.norm import LayerNorm, RMSNorm
 from ptft_jax.parallel.sharding import constrain_batch
 
 __all__ = [
@@ -193,25 +193,6 @@ def _dense(features: int, name: str, config: TransformerConfig,
   # nn.Dense's params; bfloat16 products accumulate in float32 (2x faster on the CPU).
   return matmul_lib.Dense(features, dtype=config.compute_dtype, kernel_init=_INIT,
                           use_bias=use_bias, name=name)
-
-
-class RMSNorm(nn.Module):
-  """x / rms(x) * (offset + scale), statistics in float32: `[..., hidden]` -> same shape.
-
-  offset 0 is Llama's RMSNorm (scale starts at 1); offset 1 is Gemma's (scale starts at 0).
-  """
-
-  epsilon: float = 1e-6
-  offset: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    init = nn.initializers.zeros if self.offset else nn.initializers.ones
-    scale = self.param("scale", init, (x.shape[-1],), jnp.float32)
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
-    return (y * (self.offset + scale)).astype(self.dtype)
 
 
 def _layer_norm(name: str, config: TransformerConfig) -> nn.Module:
