@@ -16,9 +16,9 @@ Layers are one nn.scan (`config.model.scan_layers=True`, params under `layers/`)
 whose initial weights differ), before scanning became the default.
 
 Expected (measured on this project's 2-core CPU, seed 0): `:tiny` (600 steps,
-1.0M parameters) reaches validation MLM accuracy 0.126, MLM perplexity 302, NSP
-accuracy 0.566 (test 0.152 / 249 / 0.619); look at <workdir>/eval_validation.json
-and eval_test.json. Its wall time was not recorded. `mini` and `base`: not
+1.0M parameters) reaches validation MLM accuracy 0.131, MLM perplexity 298, NSP
+accuracy 0.604 (test 0.151 / 246 / 0.590); look at <workdir>/eval_validation.json
+and eval_test.json; 43 s wall. `mini` and `base`: not
 measured on this machine.
 
 Expected, `large` (BERT-large: 24 layers x 1024, 16 heads, FFN 4096, 336,226,108
