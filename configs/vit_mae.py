@@ -12,8 +12,8 @@ Then `<workdir>/summary.json`.
   python -m ptft_jax.main --config=configs/vit_mae.py --workdir=runs/vit_mae
 
 Expected (measured on this project's 2-core CPU, 270 test images, seeds 0-2; docs/vision.md
-"ViT and MAE"): test accuracy 0.810 ± 0.009 MAE-pretrained vs 0.637 ± 0.021 scratch with
-10 labels per class (seed 0: 0.811 vs 0.659); about 2 minutes wall per seed.
+"ViT and MAE"): test accuracy 0.810 ± 0.009 MAE-pretrained vs 0.628 ± 0.015 scratch with
+10 labels per class (seed 0: 0.811 vs 0.641); about 75 s wall per seed.
 `pretrain=contrastive` (SimCLR): see the docs table.
 
 Arguments (`configs/vit_mae.py:labels=10,seed=1`):
