@@ -38,8 +38,8 @@ measured looped (`--config.model.scan_layers=False`, other initial weights). An 
 model keeps the layout its model_config.json records (HF imports: looped).
 
 Expected (measured on this project's 2-core CPU, seed 0): `:tiny` (600 steps of 16 rows x
-128 tokens, 346,752 parameters) reaches validation loss 0.234 on the response tokens
-(perplexity 1.26, next-token accuracy 0.933; test 0.200 / 1.22 / 0.936) in 47 s wall
+128 tokens, 346,752 parameters) reaches validation loss 0.221 on the response tokens
+(perplexity 1.25, next-token accuracy 0.937; test 0.202 / 1.22 / 0.938) in 47 s wall
 (1.5 CPU-minutes); look at <workdir>/eval_validation.json. Exact-match of generated answers
 on the held-out prompts: docs/llm.md. Imported models: not measured on this machine.
 """
