@@ -47,6 +47,13 @@ Workloads (model shapes in `TEXT_SHAPE`, the MiniLM-L6 shape):
                     `DataCollatorWithPadding` on the same data and steps
                     (tools/bench_trainer_peer.py), process wall time too.
                     Not in the default run (~5 min): `--workload finetune_text_e2e`
+  gpu_bert_base_mlm BERT-base masked LM (sequence 512, batch 64, 76 predictions per row)
+  gpu_decoder_1b    the ~1B decoder of configs/decoder_1b.py (sequence 2048, batch 8):
+                    both bfloat16 with float32 master weights, no attention dropout (cuDNN
+                    attention); `mfu` against the GPU's datasheet bfloat16 peak, `peak_share`
+                    against a bfloat16 8192^3 matmul measured in the same process. A GPU
+                    only (their record says so elsewhere; --tiny runs toy shapes anywhere);
+                    not in the default run: launch/gpu_bench.sh
   compile_scan      compile time (jit lower + XLA compile) of the BERT MLM train step at 4
                     and 48 layers (hidden 128), looped vs `model.scan_layers=True`;
                     not in the default run (~2 min on 2 cores): `--workload compile_scan`
@@ -257,18 +264,21 @@ def _compiled_step(model, task, optim_config, batch, optim, steps, jax, jnp, com
 
 
 def _run_steps(workload: str, step, state, batch, opts: Options, *, examples: int,
-               tokens: int | None, flops: int, **extra) -> dict:
+               tokens: int | None, flops: int, peak_dtype: str = "float32", peak_n: int = 2048,
+               **extra) -> dict:
   import jax
 
   t0 = time.perf_counter()
   state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   first_step_s = time.perf_counter() - t0
-  before = matmul_peak(n=256 if opts.tiny else 2048)
+  n = 256 if opts.tiny else peak_n
+  before = matmul_peak(peak_dtype, n)
   state, times = time_steps(step, state, batch, opts)
-  after = matmul_peak(n=256 if opts.tiny else 2048)
+  after = matmul_peak(peak_dtype, n)
   return _throughput(workload, times, examples=examples, tokens=tokens, flops=flops,
-                     peak=(before + after) / 2, first_step_s=first_step_s, **extra)
+                     peak=(before + after) / 2, first_step_s=first_step_s,
+                     peak_dtype=peak_dtype, peak_matmul_size=n, **extra)
 
 
 def _text_workload(name: str, kind: str, *, dtype: str = "float32", frozen: bool = False):
@@ -282,6 +292,63 @@ def _text_workload(name: str, kind: str, *, dtype: str = "float32", frozen: bool
     return _run_steps(name, step, state, batch, opts, examples=shape.batch_size,
                       tokens=shape.tokens, flops=model_flops, dtype=dtype,
                       batch_size=shape.batch_size, seq_len=shape.seq_len)
+  return run
+
+
+# Dense bfloat16 tensor-core peaks (vendor datasheets, FLOP/s, no sparsity) for the MFU of
+# the GPU workloads, by a substring of `jax.devices()[0].device_kind`. The H100 figure is
+# the SXM part's; the PCIe card's is lower (756 TFLOP/s).
+BF16_DATASHEET_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
+# (head, shape, model overrides) of the GPU workloads: BERT-base at sequence 512 (76
+# predictions per row, as in BERT's pretraining data) and the ~1B decoder of
+# configs/decoder_1b.py at sequence 2048, both in bfloat16 with float32 master weights.
+# No attention dropout, so that "auto" attention is cuDNN's fused kernel; the decoder
+# keeps every activation (remat "none": ~40 GB at batch 8, memory.py) and scans its layers.
+GPU_WORKLOADS = {
+    "gpu_bert_base_mlm": ("mlm", dict(
+        num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072,
+        vocab_size=30522, batch_size=64, seq_len=512, predictions=76),
+        dict(attention_dropout_rate=0.0)),
+    "gpu_decoder_1b": ("lm", dict(
+        num_layers=18, hidden_size=2048, num_heads=16, intermediate_size=8192,
+        vocab_size=32000, batch_size=8, seq_len=2048),
+        dict(dropout_rate=0.0, attention_dropout_rate=0.0, remat="none", scan_layers=True)),
+}
+
+
+def datasheet_bf16_peak(device_kind: str) -> float | None:
+  """The dense bfloat16 peak of a known GPU (FLOP/s), else None."""
+  return next((v for k, v in BF16_DATASHEET_PEAK.items() if k in device_kind), None)
+
+
+def _gpu_workload(name: str):
+  """A GPU workload of GPU_WORKLOADS: step time, MFU against the datasheet peak and against
+  a bfloat16 8192^3 matmul measured in the same process. On a CPU it runs only with
+  --tiny (toy shapes, the same code path); otherwise its record says it needs a GPU."""
+  def run(opts: Options) -> dict:
+    import jax
+
+    from ptft_jax.bench import flops
+
+    if not opts.tiny and jax.default_backend() != "gpu":
+      return _record(name, error=f"needs a GPU (jax.default_backend() is "
+                                 f"{jax.default_backend()!r}); --tiny runs toy shapes here")
+    kind, sizes, overrides = GPU_WORKLOADS[name]
+    shape = text_shape(True) if opts.tiny else flops.TransformerShape(**sizes)
+    step, state, batch = build_text_step(kind, shape, dtype="bfloat16",
+                                         model_overrides=overrides)
+    model_flops = flops.transformer_train_flops(shape, kind)
+    device_kind = jax.devices()[0].device_kind
+    record = _run_steps(name, step, state, batch, opts, examples=shape.batch_size,
+                        tokens=shape.tokens, flops=model_flops, peak_dtype="bfloat16",
+                        peak_n=8192, dtype="bfloat16", batch_size=shape.batch_size,
+                        seq_len=shape.seq_len, device_kind=device_kind, jax=jax.__version__,
+                        parameters=sum(x.size for x in jax.tree_util.tree_leaves(
+                            state["params"])))
+    datasheet = datasheet_bf16_peak(device_kind)
+    record["datasheet_peak_flops_per_s"] = datasheet
+    record["mfu"] = record["flops_per_s"] / datasheet if datasheet else None
+    return record
   return run
 
 
@@ -607,6 +674,8 @@ WORKLOADS: dict[str, Callable[[Options], dict]] = {
     "checkpoint": _checkpoint,
     "compile_scan": _compile_scan,
     "finetune_text_e2e": _finetune_text_e2e,
+    "gpu_bert_base_mlm": _gpu_workload("gpu_bert_base_mlm"),
+    "gpu_decoder_1b": _gpu_workload("gpu_decoder_1b"),
 }
 
 
@@ -687,6 +756,10 @@ def summarize(records: list[dict]) -> dict:
   if "checkpoint" in by and "bert_mlm" in by:
     check("checkpoint_blocked_fraction_of_step",
           by["checkpoint"]["save_blocked_s"] / by["bert_mlm"]["step_s"], 0.1, higher=False)
+  # Issue 17, on one H100 / H200: BERT-base MLM >= 45% MFU, the ~1B decoder >= 40%.
+  for name, goal in (("gpu_bert_base_mlm", 0.45), ("gpu_decoder_1b", 0.40)):
+    if name in by and by[name].get("mfu") is not None:
+      check(f"{name}_mfu", by[name]["mfu"], goal)
   if "compile_scan" in by:  # issue 14: compile time flat in depth with scanned layers
     check("scanned_compile_deep_vs_shallow", by["compile_scan"]["scanned_ratio"], 1.5,
           higher=False)

@@ -31,3 +31,12 @@ def test_command_prints_json_lines_and_summary(capsys, tmp_path):
   assert [json.loads(line) for line in out.read_text().splitlines()] == lines
 
 
+
+
+def test_gpu_workloads_run_tiny_here_and_say_they_need_a_gpu_at_full_size():
+  full = bench.run_workload("gpu_decoder_1b", bench.Options(steps=1, warmup=0))
+  assert full["step_s"] is None and "needs a GPU" in full["error"] and "--tiny" in full["error"]
+  r = bench.run_workload("gpu_bert_base_mlm", bench.Options(steps=1, warmup=0, tiny=True))
+  assert r["model_flops_per_step"] == 2_100_864 and r["dtype"] == "bfloat16"
+  assert r["peak_dtype"] == "bfloat16" and r["peak_share"] > 0
+  assert r["device_kind"] == "cpu" and r["mfu"] is None  # no datasheet peak for a CPU

@@ -53,6 +53,8 @@ def test_summary_checks_each_target():
       rec("finetune_text_e2e", examples_per_s=12.8, bucketed={"wall_s": 50.0},
           padded={"wall_s": 80.0}, speedup_vs_padded=1.6),
       rec("peer_finetune_text_e2e", wall_s=80.0),
+      rec("gpu_bert_base_mlm", step_s=0.05, mfu=0.47),
+      rec("gpu_decoder_1b", step_s=0.3, mfu=0.38),
   ]
   t = bench.summarize(records)["targets"]
   assert {k: v["met"] for k, v in t.items()} == {
@@ -60,7 +62,8 @@ def test_summary_checks_each_target():
       "bert_cls_peak_share": False, "head_only_step_fraction": True, "bf16_speedup": False,
       "input_digits_headroom": True, "input_text_headroom": False,
       "checkpoint_blocked_fraction_of_step": True,
-      "e2e_bucketed_vs_padded_examples_per_s": False, "e2e_wall_vs_hf_trainer": True}
+      "e2e_bucketed_vs_padded_examples_per_s": False, "e2e_wall_vs_hf_trainer": True,
+      "gpu_bert_base_mlm_mfu": True, "gpu_decoder_1b_mfu": False}
   assert t["bert_mlm_vs_peer"]["value"] == 4.0 and t["bf16_speedup"]["value"] == 1.25
   assert t["e2e_wall_vs_hf_trainer"]["value"] == 50.0 / 80.0
 
@@ -70,3 +73,14 @@ def test_missing_peer_python_names_the_setup_script(tmp_path):
   assert len(records) == 1 and records[0]["workload"] == "peer"
   assert "launch/setup_torch_peer.sh" in records[0]["error"]
   assert bench.DEFAULT_PEER_PYTHON.endswith(".venv-torch/bin/python")
+
+
+def test_gpu_mfu_uses_the_datasheet_peak_of_known_devices():
+  assert bench.datasheet_bf16_peak("NVIDIA H200") == 989e12
+  assert bench.datasheet_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
+  assert bench.datasheet_bf16_peak("cpu") is None
+  kind, sizes, overrides = bench.GPU_WORKLOADS["gpu_decoder_1b"]
+  # configs/decoder_1b.py's shape: 976,183,296 parameters (tests/e2e/test_scale_configs.py).
+  assert (kind, sizes["num_layers"], sizes["hidden_size"], sizes["intermediate_size"],
+          sizes["vocab_size"], sizes["seq_len"]) == ("lm", 18, 2048, 8192, 32000, 2048)
+  assert overrides["attention_dropout_rate"] == 0.0  # so that "auto" attention is cuDNN's
