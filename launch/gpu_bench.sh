@@ -49,7 +49,7 @@ case "$mode" in
       export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
     fi
     export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-    # Let XLA take GPU memory as it needs it: the decoder holds ~60 GB at batch 8.
+    # Let XLA take GPU memory as it needs it: the decoder holds ~50 GB at batch 8.
     export XLA_PYTHON_CLIENT_PREALLOCATE=false
     python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
     python3 -m ptft_jax.bench --workload gpu_bert_base_mlm gpu_decoder_1b \

@@ -303,7 +303,8 @@ BF16_DATASHEET_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121
 # predictions per row, as in BERT's pretraining data) and the ~1B decoder of
 # configs/decoder_1b.py at sequence 2048, both in bfloat16 with float32 master weights.
 # No attention dropout, so that "auto" attention is cuDNN's fused kernel; the decoder
-# keeps every activation (remat "none": ~40 GB at batch 8, memory.py) and scans its layers.
+# keeps every activation (remat "none": ~50 GB in all at batch 8, memory.py) and scans its
+# layers.
 GPU_WORKLOADS = {
     "gpu_bert_base_mlm": ("mlm", dict(
         num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072,
