@@ -51,9 +51,9 @@ Workloads (model shapes in `TEXT_SHAPE`, the MiniLM-L6 shape):
   gpu_decoder_1b    the ~1B decoder of configs/decoder_1b.py (sequence 2048, batch 8):
                     both bfloat16 with float32 master weights, no attention dropout (cuDNN
                     attention); `mfu` against the GPU's datasheet bfloat16 peak, `peak_share`
-                    against a bfloat16 8192^3 matmul measured in the same process. A GPU
-                    only (their record says so elsewhere; --tiny runs toy shapes anywhere);
-                    not in the default run: launch/gpu_bench.sh
+                    against a bfloat16 8192^3 matmul measured in the same process. On a
+                    GPU only (elsewhere the record is an error; --tiny runs toy shapes
+                    anywhere); not in the default run: launch/gpu_bench.sh
   compile_scan      compile time (jit lower + XLA compile) of the BERT MLM train step at 4
                     and 48 layers (hidden 128), looped vs `model.scan_layers=True`;
                     not in the default run (~2 min on 2 cores): `--workload compile_scan`
@@ -330,6 +330,7 @@ def _gpu_workload(name: str):
     import jax
 
     from ptft_jax.bench import flops
+    from ptft_jax.parallel import memory
 
     if not opts.tiny and jax.default_backend() != "gpu":
       return _record(name, error=f"needs a GPU (jax.default_backend() is "
@@ -344,8 +345,7 @@ def _gpu_workload(name: str):
                         tokens=shape.tokens, flops=model_flops, peak_dtype="bfloat16",
                         peak_n=8192, dtype="bfloat16", batch_size=shape.batch_size,
                         seq_len=shape.seq_len, device_kind=device_kind, jax=jax.__version__,
-                        parameters=sum(x.size for x in jax.tree_util.tree_leaves(
-                            state["params"])))
+                        parameters=memory.tree_size(state["params"]))
     datasheet = datasheet_bf16_peak(device_kind)
     record["datasheet_peak_flops_per_s"] = datasheet
     record["mfu"] = record["flops_per_s"] / datasheet if datasheet else None
