@@ -23,6 +23,12 @@ The functional API (`import ptft_jax as pj`; docs/api.md shows it at work):
 How the packages depend on each other: README.md, "How the code is organized".
 """
 
+# First, before jax is imported: `python -m ptft_jax.<command>` re-executes itself with
+# huge pages for XLA's buffers (huge_pages.py); a plain `import ptft_jax` never does.
+from ptft_jax.huge_pages import reexec_command_with_huge_pages
+
+reexec_command_with_huge_pages()
+
 from ptft_jax import data, models, optim, tasks
 from ptft_jax.config import base_config
 from ptft_jax.convert import load_hf
