@@ -56,14 +56,21 @@ def environment_with_huge_pages(env: dict[str, str]) -> dict[str, str] | None:
   return {**env, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE}
 
 
-def reexec_command_with_huge_pages() -> None:
-  """Re-executes a `python -m ptft_jax...` command with the tunable; returns otherwise."""
+def reexec_with_huge_pages() -> None:
+  """Re-executes this process (same arguments) with the tunable where it applies and is not
+  set yet; returns otherwise. For measuring scripts (tools/profile_step.py) that must see
+  what the commands see."""
   argv = getattr(sys, "orig_argv", [])
-  if sys.platform != "linux" or command_module(argv) is None:
-    return
   env = environment_with_huge_pages(dict(os.environ))
-  if env is None or platform.libc_ver()[0] != "glibc" or not _thp_available():
+  if (env is None or not argv or sys.platform != "linux" or platform.libc_ver()[0] != "glibc"
+      or not _thp_available()):
     return
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, argv, env)
+
+
+def reexec_command_with_huge_pages() -> None:
+  """`reexec_with_huge_pages()` for a `python -m ptft_jax...` command; nothing otherwise."""
+  if command_module(getattr(sys, "orig_argv", [])) is not None:
+    reexec_with_huge_pages()

@@ -33,6 +33,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from ptft_jax import huge_pages  # noqa: E402
+
+huge_pages.reexec_with_huge_pages()  # profile what `python -m ptft_jax...` commands run
+
 
 def build(workload: str):
   """(jitted step, state, batch) of a bench workload or the quickstart's contrastive step."""
