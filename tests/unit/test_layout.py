@@ -125,9 +125,10 @@ def test_the_generic_step_knows_no_model_family():
 
 def test_top_level_is_small_and_every_package_says_what_it_holds():
   top = [f for f in os.listdir(PACKAGE) if f.endswith(".py")]
-  # __init__ (the API), main, errors, utils and three CLI entry points (predict, compare,
-  # generate) that keep `python -m ptft_jax.X` short.
-  assert len(top) <= 7, sorted(top)
+  # __init__ (the API), main, errors, utils, three CLI entry points (predict, compare,
+  # generate) that keep `python -m ptft_jax.X` short, and huge_pages, which __init__ runs
+  # before its own imports (so it can live in no subpackage that imports jax).
+  assert len(top) <= 8, sorted(top)
   for name in os.listdir(PACKAGE):
     init = os.path.join(PACKAGE, name, "__init__.py")
     if os.path.isfile(init):
