@@ -37,12 +37,15 @@ def _thp_available() -> bool:
 
 def command_module(argv: list[str]) -> str | None:
   """The `ptft_jax.*` module that `python -m` runs in `argv` (sys.orig_argv), else None."""
-  for i, arg in enumerate(argv[1:-1], start=1):
+  i = 1
+  while i < len(argv) - 1:
+    arg = argv[i]
     if arg == "-m":
       module = argv[i + 1]
       return module if module == "ptft_jax" or module.startswith("ptft_jax.") else None
-    if not arg.startswith("-"):  # a script path: options after it are the script's
+    if arg == "-c" or not arg.startswith("-"):  # code or a script: the rest is theirs
       return None
+    i += 2 if arg in ("-X", "-W") else 1  # interpreter options that take a value
   return None
 
 

@@ -12,6 +12,8 @@ def test_only_ptft_jax_commands_are_recognized():
   py = "/usr/bin/python3"
   assert huge_pages.command_module([py, "-m", "ptft_jax.main", "--config=c.py"]) == "ptft_jax.main"
   assert huge_pages.command_module([py, "-u", "-m", "ptft_jax.bench"]) == "ptft_jax.bench"
+  assert huge_pages.command_module([py, "-X", "importtime", "-W", "ignore", "-m",
+                                    "ptft_jax.predict"]) == "ptft_jax.predict"
   assert huge_pages.command_module([py, "-m", "pytest", "tests"]) is None
   assert huge_pages.command_module([py, "script.py", "-m", "ptft_jax.main"]) is None
   assert huge_pages.command_module([py, "-c", "import ptft_jax"]) is None
